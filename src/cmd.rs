@@ -1,0 +1,204 @@
+//! Running the few external programs of the wg-quick backend: by absolute path, with stdin
+//! closed (or fed from a file), a timeout, its own process group, and stderr kept for errors.
+//!
+//! Output goes to anonymous temp files, not pipes: `wg-quick up` starts a `wireguard-go` daemon
+//! that may inherit the child's stdout/stderr, and a pipe it held would never reach EOF.
+
+use std::ffi::OsStr;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a finished command said.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub success: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Output {
+    /// One line for an error message: the exit status and the last lines of stderr.
+    pub fn describe(&self) -> String {
+        let status = match self.code {
+            Some(c) => format!("exit status {c}"),
+            None => "killed by a signal".to_string(),
+        };
+        let err = self.stderr.trim();
+        let tail: Vec<&str> = err.lines().rev().take(6).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        if tail.is_empty() {
+            status
+        } else {
+            format!("{status}: {}", tail.join(" | "))
+        }
+    }
+}
+
+/// Standard directories searched after `PATH`, so a caller with a short PATH still finds
+/// `/usr/sbin/ip` or `/usr/bin/wg-quick`.
+const SYSTEM_DIRS: [&str; 6] = [
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+
+/// Find an executable in `PATH` and the system directories, in-process (no `which`).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(SYSTEM_DIRS.iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// The PATH our children get: the caller's, then the system directories.
+fn child_path() -> std::ffi::OsString {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(SYSTEM_DIRS.iter().map(PathBuf::from));
+    std::env::join_paths(dirs).unwrap_or_default()
+}
+
+/// Run `program args` and wait at most `timeout`. On timeout the whole process group is
+/// killed and an error is returned. `input`, when given, is the child's stdin.
+pub fn run<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Output, String> {
+    let start = Instant::now();
+    let out = tempfile::tempfile().map_err(|e| format!("cannot create a temp file: {e}"))?;
+    let err = tempfile::tempfile().map_err(|e| format!("cannot create a temp file: {e}"))?;
+    let stdin = match input {
+        None => Stdio::null(),
+        Some(bytes) => {
+            let mut f =
+                tempfile::tempfile().map_err(|e| format!("cannot create a temp file: {e}"))?;
+            f.write_all(bytes)
+                .and_then(|_| f.seek(SeekFrom::Start(0)).map(|_| ()))
+                .map_err(|e| format!("cannot write stdin file: {e}"))?;
+            Stdio::from(f)
+        }
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(stdin)
+        .stdout(out.try_clone().map_err(|e| e.to_string())?)
+        .stderr(err.try_clone().map_err(|e| e.to_string())?)
+        .env("PATH", child_path())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    let status = match wait_until(timeout, || child.try_wait().ok().flatten()) {
+        Some(s) => s,
+        None => {
+            // SAFETY: kill(2) with the negative pid of the group we created for this child.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            return Err(format!(
+                "{} {} did not finish within {} ms and was killed; stderr: {}",
+                program.display(),
+                args.iter()
+                    .map(|a| a.as_ref().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                timeout.as_millis(),
+                read_all(err).trim()
+            ));
+        }
+    };
+    Ok(Output {
+        success: status.success(),
+        code: status.code(),
+        stdout: read_all(out),
+        stderr: read_all(err),
+        elapsed: start.elapsed(),
+    })
+}
+
+fn read_all(mut f: std::fs::File) -> String {
+    let mut s = String::new();
+    let _ = f.seek(SeekFrom::Start(0));
+    let _ = f.read_to_string(&mut s);
+    s
+}
+
+/// Poll `probe` until it yields a value or `bound` passes. The pause between probes starts at
+/// 0.2 ms and doubles up to 10 ms, so a fast condition is seen quickly and a slow one is cheap.
+pub fn wait_until<T>(bound: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + bound;
+    let mut pause = Duration::from_micros(200);
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captures_stderr_and_status() {
+        let sh = find_program("sh").unwrap();
+        let o = run(
+            &sh,
+            &["-c", "echo out; echo err >&2; exit 3"],
+            None,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert!(!o.success);
+        assert_eq!(o.code, Some(3));
+        assert_eq!(o.stdout.trim(), "out");
+        assert!(o.describe().contains("exit status 3: err"));
+    }
+
+    #[test]
+    fn stdin_is_closed_or_fed() {
+        let cat = find_program("cat").unwrap();
+        let o = run(&cat, &[] as &[&str], None, Duration::from_secs(5)).unwrap();
+        assert!(o.success && o.stdout.is_empty());
+        let o = run(&cat, &[] as &[&str], Some(b"hello"), Duration::from_secs(5)).unwrap();
+        assert_eq!(o.stdout, "hello");
+    }
+
+    #[test]
+    fn timeout_kills_the_group() {
+        let sh = find_program("sh").unwrap();
+        let t = Instant::now();
+        let e = run(
+            &sh,
+            &["-c", "sleep 30 & sleep 30"],
+            None,
+            Duration::from_millis(200),
+        )
+        .unwrap_err();
+        assert!(e.contains("did not finish"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,78 @@
+//! The error type of the core, with the string codes the SDK already uses.
+
+use std::fmt;
+
+/// Every failure the addon reports. `code()` is the contract string surfaced to JavaScript.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WgError {
+    /// A config value is missing, of the wrong type or unsafe. Fatal: retrying will not help.
+    InvalidOptions { field: String, reason: String },
+    /// The private config directory exists but cannot be trusted with a key.
+    ConfigDirUnsafe { path: String, reason: String },
+    /// The caller may not manage network interfaces (not root).
+    PermissionDenied(String),
+    /// WireGuard cannot run on this host (no wg-quick, no kernel module, no userspace fallback).
+    NotAvailable(String),
+    /// A step of bring-up failed; everything done so far was rolled back. Retryable.
+    SetupFailed { step: String, detail: String },
+    /// Reading or writing a local file failed.
+    Io { what: String, detail: String },
+}
+
+impl WgError {
+    /// The stable string code, e.g. `INVALID_OPTIONS`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            WgError::InvalidOptions { .. } => "INVALID_OPTIONS",
+            WgError::ConfigDirUnsafe { .. } => "WG_CONFIG_DIR_UNSAFE",
+            WgError::PermissionDenied(_) => "WG_PERMISSION_DENIED",
+            WgError::NotAvailable(_) => "WG_NOT_AVAILABLE",
+            WgError::SetupFailed { .. } => "TUNNEL_SETUP_FAILED",
+            WgError::Io { .. } => "WG_IO_ERROR",
+        }
+    }
+
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        WgError::InvalidOptions {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn setup(step: impl Into<String>, detail: impl Into<String>) -> Self {
+        WgError::SetupFailed {
+            step: step.into(),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn io(what: impl Into<String>, err: &std::io::Error) -> Self {
+        WgError::Io {
+            what: what.into(),
+            detail: err.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for WgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WgError::InvalidOptions { field, reason } => write!(f, "invalid {field}: {reason}"),
+            WgError::ConfigDirUnsafe { path, reason } => write!(
+                f,
+                "refusing to write a key into {path}: {reason}; remove it (rm -rf {path}) or \
+                 point TMPDIR at a private directory, then retry"
+            ),
+            WgError::PermissionDenied(m) => write!(f, "{m}"),
+            WgError::NotAvailable(m) => write!(f, "{m}"),
+            WgError::SetupFailed { step, detail } => {
+                write!(f, "tunnel setup failed at step '{step}': {detail}")
+            }
+            WgError::Io { what, detail } => write!(f, "{what}: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for WgError {}
+
+pub type Result<T> = std::result::Result<T, WgError>;

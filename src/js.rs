@@ -1,0 +1,426 @@
+//! The only module that knows napi: argument conversion, result objects, and the one place
+//! where a core error becomes a JavaScript `Error` with a string `code`.
+// Under `cargo test` nothing calls the exported functions.
+#![cfg_attr(test, allow(dead_code))]
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::{Env, JsValue, Status, Task, ValueType};
+use napi_derive::napi;
+
+use crate::config::{Input, RawConfig};
+use crate::error::WgError;
+use crate::teardown::TeardownReport as CoreReport;
+use crate::{confdir, registry, tunnel};
+
+/// The JS error for a core error: `message`, and `code` set to the contract string.
+fn js_error(env: &Env, e: &WgError) -> napi::Error {
+    let err: napi::Error<String> = napi::Error::new(e.code().to_string(), e.to_string());
+    // SAFETY: env is the live env of this call; the value is converted on its own thread.
+    match unsafe { ToNapiValue::to_napi_value(env.raw(), err) } {
+        Ok(v) => napi::Error::from(unsafe { Unknown::from_raw_unchecked(env.raw(), v) }),
+        Err(e) => e,
+    }
+}
+
+const MAX_DEPTH: usize = 4;
+const MAX_ITEMS: u32 = 1024;
+
+/// Reduce a JS value to plain data; type checks happen in `config::RawConfig::from_input`.
+fn to_input(v: &Unknown, depth: usize) -> Result<Input> {
+    Ok(match v.get_type()? {
+        ValueType::Undefined | ValueType::Null => Input::Missing,
+        ValueType::String => Input::Str(unsafe { v.cast::<String>()? }),
+        ValueType::Number => Input::Num(unsafe { v.cast::<f64>()? }),
+        ValueType::Boolean => Input::Bool(unsafe { v.cast::<bool>()? }),
+        ValueType::Object if v.is_buffer()? => {
+            Input::Bytes(unsafe { v.cast::<Buffer>()? }.to_vec())
+        }
+        ValueType::Object if v.is_typedarray()? => match unsafe { v.cast::<Uint8Array>() } {
+            Ok(a) => Input::Bytes(a.to_vec()),
+            Err(_) => Input::Other("typed array"),
+        },
+        ValueType::Object if depth >= MAX_DEPTH => Input::Other("nested object"),
+        ValueType::Object if v.is_array()? => {
+            let arr = unsafe { v.cast::<Object>()? };
+            let len = arr.get_array_length()?;
+            if len > MAX_ITEMS {
+                Input::Other("array too long")
+            } else {
+                let mut items = Vec::with_capacity(len as usize);
+                for i in 0..len {
+                    let item: Unknown = arr.get_element(i)?;
+                    items.push(to_input(&item, depth + 1)?);
+                }
+                Input::List(items)
+            }
+        }
+        ValueType::Object => {
+            let obj = unsafe { v.cast::<Object>()? };
+            let keys = Object::keys(&obj)?;
+            if keys.len() as u32 > MAX_ITEMS {
+                Input::Other("object too large")
+            } else {
+                let mut m = Vec::with_capacity(keys.len());
+                for k in keys {
+                    let item: Unknown = obj.get(&k)?.unwrap_or(unsafe {
+                        Unknown::from_raw_unchecked(v.value().env, std::ptr::null_mut())
+                    });
+                    let val = if item.raw().is_null() {
+                        Input::Missing
+                    } else {
+                        to_input(&item, depth + 1)?
+                    };
+                    m.push((k, val));
+                }
+                Input::Map(m)
+            }
+        }
+        ValueType::Function => Input::Other("function"),
+        ValueType::Symbol => Input::Other("symbol"),
+        ValueType::BigInt => Input::Other("bigint"),
+        _ => Input::Other("unknown"),
+    })
+}
+
+type Progress = ThreadsafeFunction<(String, String), (), (String, String), Status, false>;
+
+thread_local! {
+    /// Which JS environment (main thread or a worker) this thread runs; 0 = none.
+    static ENV_ID: Cell<u64> = const { Cell::new(0) };
+}
+static NEXT_ENV_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Registers a napi env cleanup hook for each environment that loads the addon: when a worker
+/// (or the main thread's env) is torn down, the tunnels it connected are removed. It is the
+/// backstop; the JavaScript exit hooks in `lib/hooks.js` are the main path.
+#[napi(module_exports)]
+pub fn init(_exports: Object, env: Env) -> Result<()> {
+    let id = NEXT_ENV_ID.fetch_add(1, Ordering::Relaxed);
+    ENV_ID.with(|c| c.set(id));
+    env.add_env_cleanup_hook(id, |id| {
+        registry::cleanup_env(id);
+    })?;
+    Ok(())
+}
+
+/// Options of `connect`.
+/// (Declared for `index.d.ts`; values are converted by `to_input`.)
+#[allow(dead_code)]
+#[napi(object, object_to_js = false)]
+pub struct ConnectOptions {
+    /// Called at each step of bring-up: `validate`, `preflight`, `config-dir`, `converge`
+    /// (only when a leftover was removed), `write-config`, `interface-up`, `kernel-ready`,
+    /// `dns` (full tunnel), `ready`.
+    #[napi(ts_type = "(step: string, detail: string) => void")]
+    pub on_progress: Option<()>,
+}
+
+/// The tunnel config. Values from the node are hostile: every field is validated before
+/// anything is written or run, and a bad one rejects with `code: 'INVALID_OPTIONS'`.
+/// (Declared for `index.d.ts`; values are converted by `to_input`.)
+#[allow(dead_code)]
+#[napi(object, object_to_js = false)]
+pub struct TunnelConfig {
+    /// Our private key: base64 text of 32 bytes, or a 32-byte Buffer.
+    #[napi(ts_type = "string | Buffer")]
+    pub private_key: (),
+    /// Our tunnel addresses (CIDRs from the node, e.g. `["10.8.0.2/24"]`).
+    pub addresses: Vec<String>,
+    pub peer: PeerConfig,
+    /// 576-9000, default 1280 (Sentinel nodes use 1280).
+    pub mtu: Option<u32>,
+    /// DNS servers while the tunnel is up. Default `["10.8.0.1", "1.1.1.1"]` for a full tunnel,
+    /// none for a split tunnel; `[]` leaves DNS alone.
+    pub dns: Option<Vec<String>>,
+    /// Interface name, default `wgsent0`.
+    pub name: Option<String>,
+}
+
+/// The node's side of the tunnel.
+/// (Declared for `index.d.ts`; values are converted by `to_input`.)
+#[allow(dead_code)]
+#[napi(object, object_to_js = false)]
+pub struct PeerConfig {
+    /// The node's public key, base64 of 32 bytes.
+    pub public_key: String,
+    /// `IPv4:port`, `[IPv6]:port` or `hostname:port`.
+    pub endpoint: String,
+    /// Routed through the tunnel; default `["0.0.0.0/0", "::/0"]` (full tunnel). A bare IP
+    /// becomes /32 or /128.
+    pub allowed_ips: Option<Vec<String>>,
+    /// Seconds, 0-65535, default 15; 0 turns it off.
+    pub persistent_keepalive: Option<u32>,
+    /// Optional preshared key, base64 of 32 bytes.
+    pub preshared_key: Option<String>,
+}
+
+/// The time of one step of `connect`, in ms since the call.
+#[napi(object)]
+pub struct StepTime {
+    pub step: String,
+    pub ms: f64,
+}
+
+/// What `connect` brought up.
+#[napi(object)]
+pub struct TunnelInfo {
+    pub name: String,
+    /// The wg-quick config (0600, in `configDir()`); removed when the tunnel goes down.
+    pub config_path: String,
+    pub backend: String,
+    pub full_tunnel: bool,
+    pub addresses: Vec<String>,
+    /// AllowedIPs as installed (without `::/0` when IPv6 is disabled on this host).
+    pub allowed_ips: Vec<String>,
+    pub endpoint: String,
+    pub mtu: u32,
+    /// DNS servers applied, empty for none.
+    pub dns: Vec<String>,
+    /// `systemd-resolved`, `resolvconf`, `resolv.conf` (rewritten, restored on teardown) or null.
+    pub dns_method: Option<String>,
+    pub ipv6: bool,
+    /// A leftover interface of the same name (e.g. from a killed run) was removed first.
+    pub replaced_stale: bool,
+    pub connect_ms: f64,
+    pub steps: Vec<StepTime>,
+}
+
+/// One step of a teardown.
+#[napi(object)]
+pub struct TeardownStep {
+    /// `wg-quick down <conf>`, `wg-quick down <name>`, `ip link delete`, `sweep` or `all`.
+    pub step: String,
+    /// False when skipped; `detail` says why.
+    pub ran: bool,
+    pub ok: bool,
+    pub detail: String,
+    pub elapsed_ms: f64,
+}
+
+/// What a teardown did.
+#[napi(object)]
+pub struct TeardownReport {
+    pub name: String,
+    /// The interface existed when the teardown started.
+    pub existed: bool,
+    /// The interface does not exist now.
+    pub gone: bool,
+    pub steps: Vec<TeardownStep>,
+    /// The config file was zero-filled and deleted (only ever after the interface is gone).
+    pub config_removed: bool,
+    pub config_path: Option<String>,
+}
+
+impl From<CoreReport> for TeardownReport {
+    fn from(r: CoreReport) -> Self {
+        TeardownReport {
+            name: r.name,
+            existed: r.existed,
+            gone: r.gone,
+            steps: r
+                .steps
+                .into_iter()
+                .map(|s| TeardownStep {
+                    step: s.step,
+                    ran: s.ran,
+                    ok: s.ok,
+                    detail: s.detail,
+                    elapsed_ms: s.elapsed_ms,
+                })
+                .collect(),
+            config_removed: r.config_removed,
+            config_path: r.config_path,
+        }
+    }
+}
+
+/// What the kernel says of a tunnel interface now.
+#[napi(object)]
+pub struct TunnelStatus {
+    pub name: String,
+    /// An interface of this name exists in this network namespace.
+    pub exists: bool,
+    pub up: bool,
+    pub mtu: u32,
+    pub index: u32,
+    /// This process brought it up and it still exists.
+    pub managed: bool,
+    pub uptime_ms: Option<f64>,
+    pub full_tunnel: Option<bool>,
+    pub backend: Option<String>,
+}
+
+pub struct ConnectTask {
+    raw: std::result::Result<RawConfig, WgError>,
+    progress: Option<Progress>,
+    env_id: u64,
+}
+
+impl Task for ConnectTask {
+    type Output = std::result::Result<tunnel::TunnelInfo, WgError>;
+    type JsValue = TunnelInfo;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        let raw = match std::mem::replace(&mut self.raw, Err(WgError::invalid("config", "used"))) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let progress = self.progress.take();
+        let report = move |step: &str, detail: &str| {
+            if let Some(p) = &progress {
+                p.call(
+                    (step.to_string(), detail.to_string()),
+                    ThreadsafeFunctionCallMode::NonBlocking,
+                );
+            }
+        };
+        Ok(tunnel::connect(raw, self.env_id, &report))
+    }
+
+    fn resolve(&mut self, env: Env, output: Self::Output) -> Result<TunnelInfo> {
+        let i = output.map_err(|e| js_error(&env, &e))?;
+        Ok(TunnelInfo {
+            name: i.name,
+            config_path: i.config_path,
+            backend: i.backend,
+            full_tunnel: i.full_tunnel,
+            addresses: i.addresses,
+            allowed_ips: i.allowed_ips,
+            endpoint: i.endpoint,
+            mtu: i.mtu,
+            dns: i.dns,
+            dns_method: i.dns_method,
+            ipv6: i.ipv6,
+            replaced_stale: i.replaced_stale,
+            connect_ms: i.connect_ms,
+            steps: i
+                .steps
+                .into_iter()
+                .map(|(step, ms)| StepTime { step, ms })
+                .collect(),
+        })
+    }
+}
+
+/// Bring a WireGuard tunnel up. Converges over a leftover interface of the same name (the
+/// normal case after a killed run). Rejects with a `code`: `INVALID_OPTIONS`,
+/// `WG_PERMISSION_DENIED`, `WG_NOT_AVAILABLE`, `WG_CONFIG_DIR_UNSAFE`, `TUNNEL_SETUP_FAILED`,
+/// `WG_IO_ERROR`; a failure leaves no interface, rule, DNS change or key file behind.
+#[napi(
+    ts_args_type = "config: TunnelConfig, options?: ConnectOptions",
+    ts_return_type = "Promise<TunnelInfo>"
+)]
+pub fn connect(config: Unknown, options: Option<Unknown>) -> Result<AsyncTask<ConnectTask>> {
+    let raw = to_input(&config, 0).and_then(|i| Ok(RawConfig::from_input(&i)));
+    let raw = match raw {
+        Ok(r) => r,
+        Err(e) => Err(WgError::invalid("config", e.reason.clone())),
+    };
+    let mut progress = None;
+    let mut raw = raw;
+    if let Some(opts) = options {
+        match opts.get_type()? {
+            ValueType::Undefined | ValueType::Null => {}
+            ValueType::Object => {
+                let obj = unsafe { opts.cast::<Object>()? };
+                if let Some(f) = obj.get::<Unknown>("onProgress")? {
+                    match f.get_type()? {
+                        ValueType::Undefined | ValueType::Null => {}
+                        ValueType::Function => {
+                            let f: Function<(String, String), ()> = unsafe { f.cast()? };
+                            progress = Some(
+                                f.build_threadsafe_function::<(String, String)>()
+                                    .callee_handled::<false>()
+                                    .build()?,
+                            );
+                        }
+                        _ => {
+                            raw = Err(WgError::invalid("options.onProgress", "must be a function"))
+                        }
+                    }
+                }
+            }
+            _ => raw = Err(WgError::invalid("options", "must be an object")),
+        }
+    }
+    Ok(AsyncTask::new(ConnectTask {
+        raw,
+        progress,
+        env_id: ENV_ID.with(|c| c.get()),
+    }))
+}
+
+pub struct DisconnectTask {
+    name: Option<String>,
+}
+
+impl Task for DisconnectTask {
+    type Output = std::result::Result<Option<CoreReport>, WgError>;
+    type JsValue = Option<TeardownReport>;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        Ok(tunnel::disconnect(self.name.as_deref()))
+    }
+
+    fn resolve(&mut self, env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        Ok(output.map_err(|e| js_error(&env, &e))?.map(Into::into))
+    }
+}
+
+/// Take down the named tunnel, or the one this process connected last. Resolves with the
+/// teardown report (check `gone`), or null when there was nothing to take down. Idempotent.
+#[napi(ts_return_type = "Promise<TeardownReport | null>")]
+pub fn disconnect(name: Option<String>) -> AsyncTask<DisconnectTask> {
+    AsyncTask::new(DisconnectTask { name })
+}
+
+/// Remove interface `name` in three escalating steps (`wg-quick down <confPath>`,
+/// `wg-quick down <name>`, `ip link delete dev <name>`), stopping once it is gone; then
+/// zero-fill and delete `confPath`. Synchronous; never throws.
+#[napi]
+pub fn teardown_linux_interface(name: String, conf_path: Option<String>) -> TeardownReport {
+    let _op = registry::op_lock();
+    crate::teardown::teardown_linux_interface(&name, conf_path.as_deref().map(std::path::Path::new))
+        .into()
+}
+
+/// Remove this process's tunnels and a leftover `wgsent0` with its DNS change and key file.
+/// Synchronous, never throws, safe in exit handlers; no subprocess when nothing exists.
+#[napi]
+pub fn emergency_cleanup_sync() {
+    registry::emergency_cleanup();
+}
+
+/// Remove only the tunnels this process brought up (what the exit hooks run).
+/// Synchronous, never throws.
+#[napi]
+pub fn cleanup_own_tunnels_sync() {
+    registry::cleanup_owned();
+}
+
+/// The kernel's view of `name` (default: this process's latest tunnel, else `wgsent0`).
+#[napi]
+pub fn status(env: Env, name: Option<String>) -> Result<TunnelStatus> {
+    let s = tunnel::status(name.as_deref()).map_err(|e| js_error(&env, &e))?;
+    Ok(TunnelStatus {
+        name: s.name,
+        exists: s.exists,
+        up: s.up,
+        mtu: s.mtu,
+        index: s.index,
+        managed: s.managed,
+        uptime_ms: s.uptime_ms,
+        full_tunnel: s.full_tunnel,
+        backend: s.backend,
+    })
+}
+
+/// The private config directory: `<os temp dir>/sentinel-wg` (honours `TMPDIR`).
+#[napi]
+pub fn config_dir() -> String {
+    confdir::config_dir().to_string_lossy().into_owned()
+}

@@ -1,0 +1,17 @@
+//! blue-wireguard: the WireGuard tunnel lifecycle for the Sentinel dVPN JavaScript SDK on Linux.
+//!
+//! Everything except `js` takes and returns plain Rust types, so `cargo test` exercises it
+//! without Node. `js` is the only module that knows napi.
+
+pub mod backend;
+pub mod cmd;
+pub mod confdir;
+pub mod config;
+pub mod dns;
+pub mod error;
+pub mod netdev;
+pub mod registry;
+pub mod teardown;
+pub mod tunnel;
+
+mod js;

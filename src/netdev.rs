@@ -1,0 +1,90 @@
+//! Reading network interfaces from the kernel of the caller's network namespace, in-process:
+//! `if_nametoindex` and `SIOCGIF*` ioctls answer for the namespace of the calling thread
+//! (unlike `/sys/class/net`, which shows the namespace sysfs was mounted in).
+
+use std::ffi::CString;
+
+/// What the kernel says of one interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkState {
+    pub index: u32,
+    pub up: bool,
+    pub mtu: u32,
+}
+
+/// The interface's index, or None when no interface of that name exists here.
+pub fn index(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+pub fn exists(name: &str) -> bool {
+    index(name).is_some()
+}
+
+/// Index, administrative up flag and MTU of `name`, or None when it does not exist.
+pub fn link_state(name: &str) -> Option<LinkState> {
+    let index = index(name)?;
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: a plain datagram socket used only for interface ioctls, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Some(LinkState {
+            index,
+            up: false,
+            mtu: 0,
+        });
+    }
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: fd is a socket, req a valid ifreq carrying a NUL-terminated name.
+    let flags = if unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) } == 0 {
+        // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+        unsafe { req.ifr_ifru.ifru_flags as i32 }
+    } else {
+        0
+    };
+    // SAFETY: as above; SIOCGIFMTU fills the mtu member.
+    let mtu = if unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) } == 0 {
+        unsafe { req.ifr_ifru.ifru_mtu as u32 }
+    } else {
+        0
+    };
+    // SAFETY: fd was opened above and is closed once.
+    unsafe { libc::close(fd) };
+    Some(LinkState {
+        index,
+        up: flags & libc::IFF_UP != 0,
+        mtu,
+    })
+}
+
+/// False when IPv6 is disabled (or absent) in this network namespace; then a tunnel must
+/// leave `::/0` out or the route install fails.
+pub fn ipv6_enabled() -> bool {
+    match std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6") {
+        Ok(s) => s.trim() == "0",
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_seen_and_a_missing_name_is_not() {
+        let lo = link_state("lo").expect("lo exists");
+        assert!(lo.up);
+        assert!(lo.mtu > 0);
+        assert!(!exists("bw-no-such0"));
+        assert!(link_state("bw-no-such0").is_none());
+    }
+}

@@ -1,0 +1,301 @@
+//! teardownLinuxInterface: remove a tunnel interface in three escalating, best-effort steps,
+//! then its leftovers, then its config file. Never fails; the report says what ran.
+//!
+//! 1. `wg-quick down <confPath>`: the temp-dir config case (the seed's bug);
+//! 2. `wg-quick down <name>`: an `/etc/wireguard/<name>.conf` install;
+//! 3. `ip link delete dev <name>`: a wedged interface no config maps back to, followed by a
+//!    sweep of what wg-quick would have removed with it (its policy rules and nft table).
+//!
+//! It stops at the first step after which the interface is gone. The config file is
+//! zero-filled and deleted only then: a config deleted before a failed down could never be
+//! used to take the interface down again.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cmd;
+use crate::confdir;
+use crate::netdev;
+
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the kernel to drop the interface after a step reported success.
+const GONE_BOUND: Duration = Duration::from_secs(2);
+
+/// One step of a teardown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// `wg-quick down <conf>`, `wg-quick down <name>`, `ip link delete`, `sweep`.
+    pub step: String,
+    /// Whether the step was run (false: skipped, `detail` says why).
+    pub ran: bool,
+    /// Whether the step's command succeeded.
+    pub ok: bool,
+    pub detail: String,
+    pub elapsed_ms: f64,
+}
+
+/// What a teardown did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeardownReport {
+    pub name: String,
+    /// The interface existed when the teardown started.
+    pub existed: bool,
+    /// The interface does not exist now.
+    pub gone: bool,
+    pub steps: Vec<StepReport>,
+    /// The config file was zero-filled and deleted.
+    pub config_removed: bool,
+    pub config_path: Option<String>,
+}
+
+fn skipped(step: &str, why: &str) -> StepReport {
+    StepReport {
+        step: step.into(),
+        ran: false,
+        ok: false,
+        detail: why.into(),
+        elapsed_ms: 0.0,
+    }
+}
+
+fn run_step(step: &str, program: &Path, args: &[&str]) -> StepReport {
+    let t = std::time::Instant::now();
+    let (ok, detail) = match cmd::run(program, args, None, STEP_TIMEOUT) {
+        Ok(o) if o.success => (true, "ok".to_string()),
+        Ok(o) => (false, o.describe()),
+        Err(e) => (false, e),
+    };
+    StepReport {
+        step: step.into(),
+        ran: true,
+        ok,
+        detail,
+        elapsed_ms: t.elapsed().as_secs_f64() * 1000.0,
+    }
+}
+
+fn gone_after(name: &str) -> bool {
+    cmd::wait_until(GONE_BOUND, || (!netdev::exists(name)).then_some(())).is_some()
+}
+
+/// Remove interface `name` (see the module doc). `conf_path` is the config the tunnel was
+/// brought up from, if known. Never panics, never fails.
+pub fn teardown_linux_interface(name: &str, conf_path: Option<&Path>) -> TeardownReport {
+    let mut report = TeardownReport {
+        name: name.to_string(),
+        existed: netdev::exists(name),
+        gone: false,
+        steps: Vec::new(),
+        config_removed: false,
+        config_path: conf_path.map(|p| p.display().to_string()),
+    };
+    if crate::config::validate_interface_name(name).is_err() {
+        report
+            .steps
+            .push(skipped("all", "not a valid interface name"));
+        report.gone = !report.existed;
+        return report;
+    }
+    if report.existed {
+        let wg_quick = cmd::find_program("wg-quick");
+        let conf = conf_path.filter(|p| p.is_file());
+        // Step 1: the config we brought it up from.
+        match (&wg_quick, conf) {
+            (Some(wq), Some(c)) => {
+                let c = c.to_string_lossy();
+                report
+                    .steps
+                    .push(run_step("wg-quick down <conf>", wq, &["down", &c]));
+                report.gone = gone_after(name);
+            }
+            (None, _) => report
+                .steps
+                .push(skipped("wg-quick down <conf>", "wg-quick not installed")),
+            (_, None) => report
+                .steps
+                .push(skipped("wg-quick down <conf>", "no config file")),
+        }
+        // Step 2: an /etc/wireguard install of the same name.
+        if !report.gone {
+            let etc: PathBuf = format!("/etc/wireguard/{name}.conf").into();
+            match (&wg_quick, etc.is_file()) {
+                (Some(wq), true) => {
+                    report
+                        .steps
+                        .push(run_step("wg-quick down <name>", wq, &["down", name]));
+                    report.gone = gone_after(name);
+                }
+                (None, _) => report
+                    .steps
+                    .push(skipped("wg-quick down <name>", "wg-quick not installed")),
+                (_, false) => report
+                    .steps
+                    .push(skipped("wg-quick down <name>", "no /etc/wireguard config")),
+            }
+        }
+        // Step 3: delete the link itself, then what wg-quick would have removed with it.
+        if !report.gone {
+            match cmd::find_program("ip") {
+                Some(ip) => {
+                    report.steps.push(run_step(
+                        "ip link delete",
+                        &ip,
+                        &["link", "delete", "dev", name],
+                    ));
+                    report.gone = gone_after(name);
+                    if report.gone {
+                        report.steps.push(sweep(&ip, name));
+                    }
+                }
+                None => report
+                    .steps
+                    .push(skipped("ip link delete", "ip (iproute2) not installed")),
+            }
+        }
+    } else {
+        report.gone = true;
+        report
+            .steps
+            .push(skipped("all", "interface does not exist"));
+    }
+    if report.gone {
+        if let Some(c) = conf_path {
+            report.config_removed = confdir::shred(c);
+        }
+    }
+    report
+}
+
+/// After a bare `ip link delete`: remove wg-quick's nft table for this interface and the
+/// policy rules of a full tunnel whose routing table is now empty (wg-quick's `fwmark T
+/// lookup T` pairs and, when none is left, its `suppress_prefixlength 0` rule).
+fn sweep(ip: &Path, name: &str) -> StepReport {
+    let t = std::time::Instant::now();
+    let mut done = Vec::new();
+    if let Some(nft) = cmd::find_program("nft") {
+        for family in ["ip", "ip6"] {
+            let table = format!("wg-quick-{name}");
+            if let Ok(o) = cmd::run(
+                &nft,
+                &["delete", "table", family, &table],
+                None,
+                STEP_TIMEOUT,
+            ) {
+                if o.success {
+                    done.push(format!("nft table {family} {table}"));
+                }
+            }
+        }
+    }
+    for fam in ["-4", "-6"] {
+        let Ok(rules) = cmd::run(ip, &[fam, "rule", "show"], None, STEP_TIMEOUT) else {
+            continue;
+        };
+        let mut tables_left = false;
+        for table in orphan_fwmark_tables(&rules.stdout) {
+            let empty = cmd::run(
+                ip,
+                &[fam, "route", "show", "table", &table],
+                None,
+                STEP_TIMEOUT,
+            )
+            .map(|o| o.success && o.stdout.trim().is_empty())
+            .unwrap_or(false);
+            if !empty {
+                tables_left = true;
+                continue;
+            }
+            let ok = cmd::run(
+                ip,
+                &[fam, "rule", "delete", "table", &table],
+                None,
+                STEP_TIMEOUT,
+            )
+            .map(|o| o.success)
+            .unwrap_or(false);
+            if ok {
+                done.push(format!("{fam} rule lookup {table}"));
+            }
+        }
+        if !tables_left && rules.stdout.contains("suppress_prefixlength 0") {
+            let args = [
+                fam,
+                "rule",
+                "delete",
+                "table",
+                "main",
+                "suppress_prefixlength",
+                "0",
+            ];
+            if cmd::run(ip, &args, None, STEP_TIMEOUT)
+                .map(|o| o.success)
+                .unwrap_or(false)
+            {
+                done.push(format!("{fam} rule suppress_prefixlength 0"));
+            }
+        }
+    }
+    StepReport {
+        step: "sweep".into(),
+        ran: true,
+        ok: true,
+        detail: if done.is_empty() {
+            "nothing left over".into()
+        } else {
+            format!("removed {}", done.join(", "))
+        },
+        elapsed_ms: t.elapsed().as_secs_f64() * 1000.0,
+    }
+}
+
+/// Tables of wg-quick-style rules `not from all fwmark 0xT lookup T` (fwmark == table).
+fn orphan_fwmark_tables(rules: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in rules.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let (Some(m), Some(t)) = (
+            w.iter().position(|x| *x == "fwmark"),
+            w.iter().position(|x| *x == "lookup"),
+        ) else {
+            continue;
+        };
+        let (Some(mark), Some(table)) = (w.get(m + 1), w.get(t + 1)) else {
+            continue;
+        };
+        let mark = mark.split('/').next().unwrap_or("");
+        let mark = u32::from_str_radix(mark.trim_start_matches("0x"), 16).ok();
+        if line.contains("not ") && mark.map(|m| m.to_string()).as_deref() == Some(table) {
+            out.push(table.to_string());
+        }
+    }
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_wg_quick_rules_only() {
+        let rules = "0:\tfrom all lookup local\n\
+                     32764:\tfrom all lookup main suppress_prefixlength 0\n\
+                     32765:\tnot from all fwmark 0xca6c lookup 51820\n\
+                     32766:\tfrom all lookup main\n\
+                     32767:\tnot from all fwmark 0x10 lookup 99\n";
+        assert_eq!(orphan_fwmark_tables(rules), vec!["51820".to_string()]);
+    }
+
+    #[test]
+    fn a_missing_interface_is_reported_not_thrown() {
+        let d = tempfile::tempdir().unwrap();
+        let conf = d.path().join("bwnosuch0.conf");
+        std::fs::write(&conf, "x").unwrap();
+        let r = teardown_linux_interface("bwnosuch0", Some(&conf));
+        assert!(!r.existed && r.gone);
+        assert!(r.config_removed && !conf.exists());
+        assert_eq!(r.steps[0].detail, "interface does not exist");
+        let r = teardown_linux_interface("bad\nname", None);
+        assert!(!r.existed);
+    }
+}
