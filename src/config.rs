@@ -535,7 +535,7 @@ pub fn parse_endpoint(v: &str) -> Result<Endpoint> {
         if let Ok(ip) = h.parse::<std::net::Ipv4Addr>() {
             (ip.to_string(), p)
         } else {
-            validate_hostname(h).map_err(|why| bad(why))?;
+            validate_hostname(h).map_err(&bad)?;
             (h.to_ascii_lowercase(), p)
         }
     };
@@ -640,7 +640,8 @@ mod tests {
 
     #[test]
     fn injected_directives_are_refused_naming_the_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut RawConfig)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut RawConfig)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             (
                 "privateKey",
                 Box::new(|r: &mut RawConfig| {

@@ -315,7 +315,7 @@ impl Task for ConnectTask {
     ts_return_type = "Promise<TunnelInfo>"
 )]
 pub fn connect(config: Unknown, options: Option<Unknown>) -> Result<AsyncTask<ConnectTask>> {
-    let raw = to_input(&config, 0).and_then(|i| Ok(RawConfig::from_input(&i)));
+    let raw = to_input(&config, 0).map(|i| RawConfig::from_input(&i));
     let raw = match raw {
         Ok(r) => r,
         Err(e) => Err(WgError::invalid("config", e.reason.clone())),
