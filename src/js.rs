@@ -5,6 +5,8 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -86,7 +88,11 @@ fn to_input(v: &Unknown, depth: usize) -> Result<Input> {
     })
 }
 
-type Progress = ThreadsafeFunction<(String, String), (), (String, String), Status, false>;
+/// How long a finished connect waits for the JS thread to run its last progress callbacks.
+const PROGRESS_FLUSH_BOUND: Duration = Duration::from_secs(1);
+
+type ProgressArgs = FnArgs<(String, String)>;
+type Progress = ThreadsafeFunction<ProgressArgs, (), ProgressArgs, Status, false>;
 
 thread_local! {
     /// Which JS environment (main thread or a worker) this thread runs; 0 = none.
@@ -270,15 +276,32 @@ impl Task for ConnectTask {
             Err(e) => return Ok(Err(e)),
         };
         let progress = self.progress.take();
-        let report = move |step: &str, detail: &str| {
+        // Each event counts as delivered once the JS callback has returned, so every event
+        // of a connect reaches the caller before its Promise settles.
+        let delivered = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let emitted = Cell::new(0usize);
+        let report = |step: &str, detail: &str| {
             if let Some(p) = &progress {
-                p.call(
-                    (step.to_string(), detail.to_string()),
+                let d = Arc::clone(&delivered);
+                let status = p.call_with_return_value(
+                    (step.to_string(), detail.to_string()).into(),
                     ThreadsafeFunctionCallMode::NonBlocking,
+                    move |_, _| {
+                        *d.0.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                        d.1.notify_all();
+                        Ok(())
+                    },
                 );
+                if status == Status::Ok {
+                    emitted.set(emitted.get() + 1);
+                }
             }
         };
-        Ok(tunnel::connect(raw, self.env_id, &report))
+        let result = tunnel::connect(raw, self.env_id, &report);
+        let (lock, cv) = &*delivered;
+        let count = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = cv.wait_timeout_while(count, PROGRESS_FLUSH_BOUND, |n| *n < emitted.get());
+        Ok(result)
     }
 
     fn resolve(&mut self, env: Env, output: Self::Output) -> Result<TunnelInfo> {
@@ -331,9 +354,9 @@ pub fn connect(config: Unknown, options: Option<Unknown>) -> Result<AsyncTask<Co
                     match f.get_type()? {
                         ValueType::Undefined | ValueType::Null => {}
                         ValueType::Function => {
-                            let f: Function<(String, String), ()> = unsafe { f.cast()? };
+                            let f: Function<ProgressArgs, ()> = unsafe { f.cast()? };
                             progress = Some(
-                                f.build_threadsafe_function::<(String, String)>()
+                                f.build_threadsafe_function::<ProgressArgs>()
                                     .callee_handled::<false>()
                                     .build()?,
                             );

@@ -1,0 +1,161 @@
+'use strict'
+// Full and split tunnels against the simulated node: traffic, DNS, IPv6 off, converge.
+const { test, before, after } = require('node:test')
+const assert = require('node:assert/strict')
+const fs = require('node:fs')
+const testbed = require('../testbed')
+const { tmpdir, startAgent, runAgent, assertClean, resolvConfPath, linkExists } = require('./helpers')
+
+const FULL = ['0.0.0.0/0', '::/0']
+let tb
+let original
+
+before(async () => {
+  tb = await testbed.up()
+  original = fs.readFileSync(resolvConfPath(tb), 'utf8')
+})
+after(() => tb && tb.down())
+
+const url = (host, p = '/') => `http://${host}${p}`
+const body = (ev) => JSON.parse(ev.body)
+
+test('full tunnel: traffic and DNS go through the tunnel, disconnect leaves nothing', async (t) => {
+  const tmp = tmpdir(t)
+  const name = `${tb.prefix}c`
+  const a = startAgent(
+    tb,
+    {
+      config: tb.tunnelConfig(0, { allowedIps: FULL, name }),
+      fetch: [url(tb.httpTunnelHost, '/full')],
+      resolve: tb.dnsName,
+      then: 'disconnect-on-sigusr2',
+    },
+    { tmp },
+  )
+  t.after(() => a.child.kill('SIGKILL'))
+  const { info, steps, status } = await a.next('connected')
+  assert.equal(info.fullTunnel, true)
+  assert.deepEqual(info.allowedIps, FULL)
+  assert.deepEqual(info.dns, ['10.8.0.1', '1.1.1.1'])
+  assert.equal(info.dnsMethod, 'resolv.conf')
+  assert.equal(status.exists && status.up && status.managed, true)
+  assert.equal(status.mtu, 1280)
+  assert.deepEqual(steps, ['validate', 'preflight', 'config-dir', 'write-config', 'interface-up', 'kernel-ready', 'dns', 'ready'])
+  const fetched = await a.next('fetch')
+  assert.equal(fetched.ok, true, JSON.stringify(fetched))
+  assert.deepEqual(body(fetched), { served_by: '198.18.0.10', client: '10.8.0.2', path: '/full' })
+  const resolved = await a.next('resolve')
+  assert.deepEqual([resolved.ok, resolved.address], [true, tb.dnsAnswer])
+
+  await a.next('waiting')
+  // While it is up: the key file is private, DNS points into the tunnel, wg-quick's rules exist.
+  const conf = fs.statSync(info.configPath)
+  assert.equal(conf.mode & 0o777, 0o600)
+  assert.equal(fs.statSync(`${tmp}/sentinel-wg`).mode & 0o777, 0o700)
+  assert.doesNotMatch(fs.readFileSync(info.configPath, 'utf8'), /DNS|PostUp|PreUp/)
+  assert.match(fs.readFileSync(resolvConfPath(tb), 'utf8'), /^nameserver 10\.8\.0\.1$/m)
+  const rules = await tb.execCli('ip', ['-4', 'rule', 'show'])
+  assert.match(rules.stdout, /suppress_prefixlength 0/)
+
+  a.child.kill('SIGUSR2')
+  const { report } = await a.next('disconnected')
+  assert.equal(report.gone, true)
+  assert.equal(report.configRemoved, true)
+  assert.equal(report.steps[0].step, 'wg-quick down <conf>')
+  assert.equal((await a.exited).status, 0)
+  await assertClean(tb, name, tmp, original)
+})
+
+test('split tunnel: only the listed networks go through the tunnel, DNS untouched', async (t) => {
+  const tmp = tmpdir(t)
+  const name = `${tb.prefix}c`
+  const r = await runAgent(
+    tb,
+    {
+      config: tb.tunnelConfig(0, { allowedIps: ['10.8.0.0/24'], name }),
+      fetch: [url(tb.httpNodeHost, '/split'), url(tb.httpTunnelHost, '/excluded')],
+      then: 'disconnect',
+    },
+    { tmp },
+  )
+  const info = r.event('connected').info
+  assert.equal(info.fullTunnel, false)
+  assert.deepEqual(info.dns, [])
+  assert.equal(info.dnsMethod, undefined)
+  const [inside, excluded] = r.events.filter((e) => e.event === 'fetch')
+  assert.equal(inside.ok, true, JSON.stringify(inside))
+  assert.equal(body(inside).client, '10.8.0.2')
+  assert.equal(excluded.ok, false, 'a host outside AllowedIPs must not be reachable through the tunnel')
+  assert.equal(r.event('disconnected').report.gone, true)
+  assert.equal(r.exit.status, 0)
+  await assertClean(tb, name, tmp, original)
+})
+
+test('split tunnel that includes the host reaches it, and a split tunnel with explicit DNS applies it', async (t) => {
+  const tmp = tmpdir(t)
+  const name = `${tb.prefix}c`
+  const r = await runAgent(
+    tb,
+    {
+      config: tb.tunnelConfig(0, { allowedIps: ['10.8.0.1', tb.httpTunnelHost], dns: ['10.8.0.1'], name }),
+      fetch: [url(tb.httpTunnelHost, '/included')],
+      resolve: tb.dnsName,
+      then: 'disconnect',
+    },
+    { tmp },
+  )
+  const info = r.event('connected').info
+  assert.deepEqual(info.allowedIps, ['10.8.0.1/32', '198.18.0.10/32'])
+  assert.equal(r.event('fetch').ok, true)
+  assert.equal(r.event('resolve').address, tb.dnsAnswer)
+  await assertClean(tb, name, tmp, original)
+})
+
+test('full tunnel with IPv6 disabled in the namespace leaves ::/0 out and works', async (t) => {
+  const tmp = tmpdir(t)
+  const name = `${tb.prefix}c`
+  const sysctl = (v) =>
+    tb.execCli('sysctl', ['-q', '-w', `net.ipv6.conf.all.disable_ipv6=${v}`, `net.ipv6.conf.default.disable_ipv6=${v}`])
+  assert.equal((await sysctl(1)).code, 0)
+  t.after(() => sysctl(0))
+  const r = await runAgent(
+    tb,
+    { config: tb.tunnelConfig(0, { allowedIps: FULL, name }), fetch: [url(tb.httpTunnelHost)], then: 'disconnect' },
+    { tmp },
+  )
+  const connected = r.event('connected')
+  assert.ok(connected, JSON.stringify(r))
+  assert.equal(connected.info.ipv6, false)
+  assert.deepEqual(connected.info.allowedIps, ['0.0.0.0/0'])
+  assert.equal(r.event('fetch').ok, true)
+  await assertClean(tb, name, tmp, original)
+})
+
+test("verify-before-capture: a second connect on the same name replaces the first without error", async (t) => {
+  const tmp = tmpdir(t)
+  const name = `${tb.prefix}c`
+  const a = startAgent(
+    tb,
+    {
+      config: tb.tunnelConfig(0, { allowedIps: [`${tb.httpNodeHost}/32`], name }),
+      fetch: [url(tb.httpNodeHost, '/verify')],
+      then: 'wait',
+    },
+    { tmp },
+  )
+  t.after(() => a.child.kill('SIGKILL'))
+  assert.equal((await a.next('fetch')).ok, true)
+  await a.next('waiting')
+  // A second process (same TMPDIR) captures everything over the same name.
+  const r = await runAgent(
+    tb,
+    { config: tb.tunnelConfig(0, { allowedIps: FULL, name }), fetch: [url(tb.httpTunnelHost, '/captured')], then: 'disconnect' },
+    { tmp },
+  )
+  assert.equal(r.event('connected').info.replacedStale, true)
+  assert.equal(r.event('fetch').ok, true)
+  assert.equal(await linkExists(tb, name), false)
+  a.child.kill('SIGTERM')
+  await a.exited
+  await assertClean(tb, name, tmp, original)
+})
