@@ -1,0 +1,105 @@
+'use strict'
+// The seed's failure and every way an owner can end: nothing may be left behind, and the exit
+// status must be what Node gives without the addon.
+const { test, before, after } = require('node:test')
+const assert = require('node:assert/strict')
+const fs = require('node:fs')
+const testbed = require('../testbed')
+const { tmpdir, startAgent, runAgent, assertClean, resolvConfPath, linkExists } = require('./helpers')
+
+const FULL = ['0.0.0.0/0', '::/0']
+let tb
+let original
+
+before(async () => {
+  tb = await testbed.up({ clientIfnames: ['wgsent0'] })
+  original = fs.readFileSync(resolvConfPath(tb), 'utf8')
+})
+after(() => tb && tb.down())
+
+const fullPlan = (name, extra = {}) => ({
+  config: tb.tunnelConfig(0, { allowedIps: FULL, name }),
+  fetch: [`http://${tb.httpTunnelHost}/`],
+  ...extra,
+})
+
+test('the seed: a SIGKILLed full tunnel on wgsent0 does not wedge the next connect', async (t) => {
+  const tmp = tmpdir(t)
+  const a = startAgent(tb, fullPlan(undefined, { then: 'wait' }), { tmp })
+  t.after(() => a.child.kill('SIGKILL'))
+  const { info } = await a.next('connected')
+  assert.equal(info.name, 'wgsent0')
+  assert.equal((await a.next('fetch')).ok, true)
+  await a.next('waiting')
+  a.child.kill('SIGKILL')
+  assert.equal((await a.exited).status, 137)
+  // What a killed run leaves under wireguard-go: the interface, tunnel DNS and the key file.
+  assert.equal(await linkExists(tb, 'wgsent0'), true)
+  assert.match(fs.readFileSync(resolvConfPath(tb), 'utf8'), /nameserver 10\.8\.0\.1/)
+  assert.equal(fs.existsSync(`${tmp}/sentinel-wg/wgsent0.conf`), true)
+
+  const r = await runAgent(tb, fullPlan(undefined, { resolve: tb.dnsName, then: 'disconnect' }), { tmp })
+  const connected = r.event('connected')
+  assert.ok(connected, JSON.stringify(r))
+  assert.equal(connected.info.replacedStale, true)
+  assert.ok(connected.steps.includes('converge'))
+  assert.equal(r.event('fetch').ok, true)
+  assert.equal(JSON.parse(r.event('fetch').body).client, '10.8.0.2')
+  assert.equal(r.event('resolve').address, tb.dnsAnswer)
+  assert.equal(r.event('disconnected').report.gone, true)
+  assert.equal(r.exit.status, 0)
+  await assertClean(tb, 'wgsent0', tmp, original)
+})
+
+// Each exit path of a connected owner: [then, signal, expected exit status].
+const paths = [
+  ['process.exit(3)', 'exit3', null, 3],
+  ['uncaught exception', 'throw', null, 1],
+  ['drained event loop', 'drain', null, 0],
+  ['SIGINT', 'wait', 'SIGINT', 130],
+  ['SIGTERM', 'wait', 'SIGTERM', 143],
+  ['SIGHUP', 'wait', 'SIGHUP', 129],
+]
+for (const [label, then, signal, status] of paths) {
+  test(`exit path ${label}: status ${status}, nothing left`, async (t) => {
+    const tmp = tmpdir(t)
+    const name = `${tb.prefix}c`
+    const a = startAgent(tb, fullPlan(name, { then }), { tmp })
+    t.after(() => a.child.kill('SIGKILL'))
+    await a.next('connected')
+    assert.equal((await a.next('fetch')).ok, true)
+    if (signal) {
+      await a.next('waiting')
+      a.child.kill(signal)
+    }
+    const exit = await a.exited
+    assert.equal(exit.status, status, exit.stderr)
+    await assertClean(tb, name, tmp, original)
+  })
+}
+
+test('an app SIGINT listener owns shutdown: its async work through the tunnel completes first', async (t) => {
+  const tmp = tmpdir(t)
+  const name = `${tb.prefix}c`
+  const a = startAgent(tb, fullPlan(name, { then: 'wait', appSigint: `http://${tb.httpTunnelHost}/last-words` }), { tmp })
+  t.after(() => a.child.kill('SIGKILL'))
+  await a.next('waiting')
+  a.child.kill('SIGINT')
+  const done = await a.next('app-sigint-done')
+  assert.equal(done.ok, true, 'the tunnel must still be up while the app finishes its work')
+  assert.equal(JSON.parse(done.body).path, '/last-words')
+  assert.equal((await a.exited).status, 0)
+  await assertClean(tb, name, tmp, original)
+})
+
+test('BLUE_WG_NO_EXIT_HOOKS=1 leaves shutdown to the app', async (t) => {
+  const tmp = tmpdir(t)
+  const name = `${tb.prefix}c`
+  const r = await runAgent(tb, fullPlan(name, { then: 'exit3' }), { tmp, env: { BLUE_WG_NO_EXIT_HOOKS: '1' } })
+  assert.equal(r.exit.status, 3)
+  assert.equal(await linkExists(tb, name), true, 'without hooks the tunnel outlives the process')
+  // The next start converges over it.
+  const r2 = await runAgent(tb, fullPlan(name, { then: 'disconnect' }), { tmp })
+  assert.equal(r2.event('connected').info.replacedStale, true)
+  await assertClean(tb, name, tmp, original)
+})
