@@ -152,6 +152,11 @@ export interface TunnelInfo {
   ipv6: boolean
   /** A leftover interface of the same name (e.g. from a killed run) was removed first. */
   replacedStale: boolean
+  /**
+   * Pid of the watchdog that removes the tunnel if this process dies without its exit
+   * hooks (SIGKILL, OOM); absent with `BLUE_WG_NO_WATCHDOG=1`.
+   */
+  watchdogPid?: number
   connectMs: number
   steps: Array<StepTime>
 }

@@ -25,7 +25,9 @@ const fullPlan = (name, extra = {}) => ({
 
 test('the seed: a SIGKILLed full tunnel on wgsent0 does not wedge the next connect', async (t) => {
   const tmp = tmpdir(t)
-  const a = startAgent(tb, fullPlan(undefined, { then: 'wait' }), { tmp })
+  // No watchdog for this owner: as if it died with it (e.g. a cgroup-wide kill), so the
+  // killed run leaves what the seed saw, and the next connect has to converge over it.
+  const a = startAgent(tb, fullPlan(undefined, { then: 'wait' }), { tmp, env: { BLUE_WG_NO_WATCHDOG: '1' } })
   t.after(() => a.child.kill('SIGKILL'))
   const { info } = await a.next('connected')
   assert.equal(info.name, 'wgsent0')
@@ -92,10 +94,11 @@ test('an app SIGINT listener owns shutdown: its async work through the tunnel co
   await assertClean(tb, name, tmp, original)
 })
 
-test('BLUE_WG_NO_EXIT_HOOKS=1 leaves shutdown to the app', async (t) => {
+test('BLUE_WG_NO_EXIT_HOOKS=1 (and no watchdog) leaves shutdown to the app', async (t) => {
   const tmp = tmpdir(t)
   const name = `${tb.prefix}c`
-  const r = await runAgent(tb, fullPlan(name, { then: 'exit3' }), { tmp, env: { BLUE_WG_NO_EXIT_HOOKS: '1' } })
+  const env = { BLUE_WG_NO_EXIT_HOOKS: '1', BLUE_WG_NO_WATCHDOG: '1' }
+  const r = await runAgent(tb, fullPlan(name, { then: 'exit3' }), { tmp, env })
   assert.equal(r.exit.status, 3)
   assert.equal(await linkExists(tb, name), true, 'without hooks the tunnel outlives the process')
   // The next start converges over it.

@@ -40,7 +40,7 @@ test('full tunnel: traffic and DNS go through the tunnel, disconnect leaves noth
   assert.equal(info.dnsMethod, 'resolv.conf')
   assert.equal(status.exists && status.up && status.managed, true)
   assert.equal(status.mtu, 1280)
-  assert.deepEqual(steps, ['validate', 'preflight', 'config-dir', 'write-config', 'interface-up', 'kernel-ready', 'dns', 'ready'])
+  assert.deepEqual(steps, ['validate', 'preflight', 'config-dir', 'owner-record', 'write-config', 'interface-up', 'kernel-ready', 'dns', 'ready'])
   const fetched = await a.next('fetch')
   assert.equal(fetched.ok, true, JSON.stringify(fetched))
   assert.deepEqual(body(fetched), { served_by: '198.18.0.10', client: '10.8.0.2', path: '/full' })
@@ -131,31 +131,28 @@ test('full tunnel with IPv6 disabled in the namespace leaves ::/0 out and works'
   await assertClean(tb, name, tmp, original)
 })
 
-test("verify-before-capture: a second connect on the same name replaces the first without error", async (t) => {
+test('verify-before-capture: a second connect on the same name in the same process replaces the first', async (t) => {
   const tmp = tmpdir(t)
   const name = `${tb.prefix}c`
-  const a = startAgent(
+  const r = await runAgent(
     tb,
     {
       config: tb.tunnelConfig(0, { allowedIps: [`${tb.httpNodeHost}/32`], name }),
       fetch: [url(tb.httpNodeHost, '/verify')],
-      then: 'wait',
+      reconnect: tb.tunnelConfig(0, { allowedIps: FULL, name }),
+      fetchAfter: [url(tb.httpTunnelHost, '/captured')],
+      then: 'disconnect',
     },
     { tmp },
   )
-  t.after(() => a.child.kill('SIGKILL'))
-  assert.equal((await a.next('fetch')).ok, true)
-  await a.next('waiting')
-  // A second process (same TMPDIR) captures everything over the same name.
-  const r = await runAgent(
-    tb,
-    { config: tb.tunnelConfig(0, { allowedIps: FULL, name }), fetch: [url(tb.httpTunnelHost, '/captured')], then: 'disconnect' },
-    { tmp },
-  )
-  assert.equal(r.event('connected').info.replacedStale, true)
-  assert.equal(r.event('fetch').ok, true)
-  assert.equal(await linkExists(tb, name), false)
-  a.child.kill('SIGTERM')
-  await a.exited
+  const [first, second] = r.events.filter((e) => e.event === 'connected')
+  assert.ok(second, JSON.stringify(r.events))
+  assert.equal(first.info.fullTunnel, false)
+  assert.equal(second.info.fullTunnel, true)
+  assert.equal(second.info.replacedStale, true)
+  const fetches = r.events.filter((e) => e.event === 'fetch')
+  assert.deepEqual(fetches.map((f) => f.ok), [true, true])
+  assert.equal(JSON.parse(fetches[1].body).path, '/captured')
+  assert.equal(r.event('disconnected').report.gone, true)
   await assertClean(tb, name, tmp, original)
 })

@@ -4,11 +4,13 @@
 //! Output goes to anonymous temp files, not pipes: `wg-quick up` starts a `wireguard-go` daemon
 //! that may inherit the child's stdout/stderr, and a pipe it held would never reach EOF.
 
-use std::ffi::OsStr;
+use std::cell::RefCell;
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What a finished command said.
@@ -75,9 +77,48 @@ fn child_path() -> std::ffi::OsString {
     std::env::join_paths(dirs).unwrap_or_default()
 }
 
-/// Run `program args` and wait at most `timeout`. On timeout the whole process group is
-/// killed and an error is returned. `input`, when given, is the child's stdin.
+/// Something that runs commands on our behalf (a tunnel's watchdog, see `watchdog.rs`).
+pub trait Delegate: Send + Sync {
+    fn run(
+        &self,
+        program: &Path,
+        args: &[OsString],
+        input: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Output, String>;
+}
+
+thread_local! {
+    static DELEGATE: RefCell<Option<Arc<dyn Delegate>>> = const { RefCell::new(None) };
+}
+
+/// Run `f` with every `run` on this thread going through `delegate` (when given).
+pub fn with_delegate<R>(delegate: Option<Arc<dyn Delegate>>, f: impl FnOnce() -> R) -> R {
+    let previous = DELEGATE.with(|d| d.replace(delegate));
+    let r = f();
+    DELEGATE.with(|d| *d.borrow_mut() = previous);
+    r
+}
+
+/// Run `program args` and wait at most `timeout`: through this thread's delegate if one is
+/// set (`with_delegate`), else here (`run_local`).
 pub fn run<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Output, String> {
+    if let Some(d) = DELEGATE.with(|d| d.borrow().clone()) {
+        let args: Vec<OsString> = args.iter().map(|a| a.as_ref().to_os_string()).collect();
+        return d.run(program, &args, input, timeout);
+    }
+    run_local(program, args, input, timeout)
+}
+
+/// Run `program args` in this process and wait at most `timeout`. On timeout the whole
+/// process group is killed and an error is returned. `input`, when given, is the child's
+/// stdin.
+pub fn run_local<S: AsRef<OsStr>>(
     program: &Path,
     args: &[S],
     input: Option<&[u8]>,
@@ -106,7 +147,7 @@ pub fn run<S: AsRef<OsStr>>(
         .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
-    let status = match wait_until(timeout, || child.try_wait().ok().flatten()) {
+    let status = match wait_child(&mut child, timeout) {
         Some(s) => s,
         None => {
             // SAFETY: kill(2) with the negative pid of the group we created for this child.
@@ -138,6 +179,45 @@ fn read_all(mut f: std::fs::File) -> String {
     let _ = f.seek(SeekFrom::Start(0));
     let _ = f.read_to_string(&mut s);
     s
+}
+
+/// Wait for `child` to exit, at most `bound`: on a pidfd (woken the moment it exits), else by
+/// polling `try_wait`.
+fn wait_child(
+    child: &mut std::process::Child,
+    bound: Duration,
+) -> Option<std::process::ExitStatus> {
+    // SAFETY: pidfd_open on our own child's pid; the fd is closed below.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) } as i32;
+    if pidfd < 0 {
+        return wait_until(bound, || child.try_wait().ok().flatten());
+    }
+    let deadline = Instant::now() + bound;
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break Some(s);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break None;
+        }
+        let mut p = libc::pollfd {
+            fd: pidfd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; EINTR just loops.
+        unsafe {
+            libc::poll(
+                &mut p,
+                1,
+                left.as_millis().clamp(1, i32::MAX as u128) as i32,
+            )
+        };
+    };
+    // SAFETY: closing the pidfd opened above.
+    unsafe { libc::close(pidfd) };
+    status
 }
 
 /// Poll `probe` until it yields a value or `bound` passes. The pause between probes starts at

@@ -13,9 +13,27 @@ use crate::error::{Result, WgError};
 
 pub const DIR_NAME: &str = "sentinel-wg";
 
+/// The temp directory as Node's `os.tmpdir()` finds it: the first non-empty of `TMPDIR`,
+/// `TMP`, `TEMP`, else `/tmp`, without a trailing slash. (Rust's `std::env::temp_dir()`
+/// would return an empty, relative path for `TMPDIR=""`.)
+pub fn temp_dir() -> PathBuf {
+    let dir = ["TMPDIR", "TMP", "TEMP"]
+        .iter()
+        .filter_map(std::env::var_os)
+        .find(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    let s = dir.to_string_lossy();
+    if s.len() > 1 && s.ends_with('/') {
+        PathBuf::from(s.trim_end_matches('/'))
+    } else {
+        dir
+    }
+}
+
 /// `<temp dir>/sentinel-wg`; honours `TMPDIR` like Node's `os.tmpdir()`.
 pub fn config_dir() -> PathBuf {
-    std::env::temp_dir().join(DIR_NAME)
+    temp_dir().join(DIR_NAME)
 }
 
 /// The config file of tunnel `name`.

@@ -15,6 +15,10 @@ pub enum WgError {
     NotAvailable(String),
     /// A step of bring-up failed; everything done so far was rolled back. Retryable.
     SetupFailed { step: String, detail: String },
+    /// Another live process owns a tunnel of this name.
+    NameInUse { name: String, pid: u32 },
+    /// An interface of this name exists and is not a WireGuard interface: never deleted.
+    NotWireGuard { name: String, driver: String },
     /// Reading or writing a local file failed.
     Io { what: String, detail: String },
 }
@@ -28,6 +32,7 @@ impl WgError {
             WgError::PermissionDenied(_) => "WG_PERMISSION_DENIED",
             WgError::NotAvailable(_) => "WG_NOT_AVAILABLE",
             WgError::SetupFailed { .. } => "TUNNEL_SETUP_FAILED",
+            WgError::NameInUse { .. } | WgError::NotWireGuard { .. } => "WG_NAME_IN_USE",
             WgError::Io { .. } => "WG_IO_ERROR",
         }
     }
@@ -68,6 +73,16 @@ impl fmt::Display for WgError {
             WgError::SetupFailed { step, detail } => {
                 write!(f, "tunnel setup failed at step '{step}': {detail}")
             }
+            WgError::NameInUse { name, pid } => write!(
+                f,
+                "tunnel {name} belongs to live process {pid}; pass another name, or name: 'auto' \
+                 to get the first free wgsentN"
+            ),
+            WgError::NotWireGuard { name, driver } => write!(
+                f,
+                "an interface named {name} exists and is not a WireGuard interface (driver \
+                 {driver}); refusing to replace it: choose another name"
+            ),
             WgError::Io { what, detail } => write!(f, "{what}: {detail}"),
         }
     }

@@ -191,6 +191,9 @@ pub struct TunnelInfo {
     pub ipv6: bool,
     /// A leftover interface of the same name (e.g. from a killed run) was removed first.
     pub replaced_stale: bool,
+    /// Pid of the watchdog that removes the tunnel if this process dies without its exit
+    /// hooks (SIGKILL, OOM); absent with `BLUE_WG_NO_WATCHDOG=1`.
+    pub watchdog_pid: Option<u32>,
     pub connect_ms: f64,
     pub steps: Vec<StepTime>,
 }
@@ -319,6 +322,7 @@ impl Task for ConnectTask {
             dns_method: i.dns_method,
             ipv6: i.ipv6,
             replaced_stale: i.replaced_stale,
+            watchdog_pid: i.watchdog_pid,
             connect_ms: i.connect_ms,
             steps: i
                 .steps
@@ -406,9 +410,7 @@ pub fn disconnect(name: Option<String>) -> AsyncTask<DisconnectTask> {
 /// zero-fill and delete `confPath`. Synchronous; never throws.
 #[napi]
 pub fn teardown_linux_interface(name: String, conf_path: Option<String>) -> TeardownReport {
-    let _op = registry::op_lock();
-    crate::teardown::teardown_linux_interface(&name, conf_path.as_deref().map(std::path::Path::new))
-        .into()
+    registry::teardown_named(&name, conf_path.as_deref().map(std::path::Path::new)).into()
 }
 
 /// Remove this process's tunnels and a leftover `wgsent0` with its DNS change and key file.

@@ -10,8 +10,10 @@ pub mod config;
 pub mod dns;
 pub mod error;
 pub mod netdev;
+pub mod owner;
 pub mod registry;
 pub mod teardown;
 pub mod tunnel;
+pub mod watchdog;
 
 mod js;

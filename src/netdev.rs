@@ -66,6 +66,61 @@ pub fn link_state(name: &str) -> Option<LinkState> {
     })
 }
 
+/// The kernel driver behind `name` (ethtool's `GDRVINFO`): `wireguard` for the kernel
+/// module, `tun` for a TUN device such as wireguard-go's, `veth`, ...
+pub fn driver(name: &str) -> Option<String> {
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: all-zero is a valid DrvInfo and ifreq.
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: a socket for the ioctl, closed below; req points at a live DrvInfo.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL, &mut req) };
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return None;
+    }
+    let end = info.driver.iter().position(|b| *b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// True when `name` is a WireGuard interface: the kernel's, or a TUN device served by a
+/// userspace implementation (its control socket exists). Connect replaces only these.
+pub fn is_wireguard(name: &str) -> bool {
+    match driver(name).as_deref() {
+        Some("wireguard") => true,
+        Some("tun") => std::path::Path::new(&format!("/var/run/wireguard/{name}.sock")).exists(),
+        _ => false,
+    }
+}
+
 /// False when IPv6 is disabled (or absent) in this network namespace; then a tunnel must
 /// leave `::/0` out or the route install fails.
 pub fn ipv6_enabled() -> bool {
@@ -85,6 +140,8 @@ mod tests {
         assert!(lo.up);
         assert!(lo.mtu > 0);
         assert!(!exists("bw-no-such0"));
+        assert!(!is_wireguard("lo"));
+        assert_eq!(driver("bw-no-such0"), None);
         assert!(link_state("bw-no-such0").is_none());
     }
 }

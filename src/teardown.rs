@@ -74,8 +74,22 @@ fn run_step(step: &str, program: &Path, args: &[&str]) -> StepReport {
     }
 }
 
-fn gone_after(name: &str) -> bool {
+/// After a step: is the interface gone? A step that succeeded gets a bounded wait for the
+/// kernel; after a failed one a single look is enough.
+fn gone_after(name: &str, step: &StepReport) -> bool {
+    if !step.ok {
+        return !netdev::exists(name);
+    }
     cmd::wait_until(GONE_BOUND, || (!netdev::exists(name)).then_some(())).is_some()
+}
+
+/// wg-quick takes the interface name from the file name: `<conf>` must be `<name>.conf`, or
+/// step 1 would take down another tunnel.
+fn conf_names(conf: &Path, name: &str) -> bool {
+    conf.extension().is_some_and(|e| e == "conf")
+        && conf
+            .file_stem()
+            .is_some_and(|s| s == std::ffi::OsStr::new(name))
 }
 
 /// Remove interface `name` (see the module doc). `conf_path` is the config the tunnel was
@@ -101,29 +115,31 @@ pub fn teardown_linux_interface(name: &str, conf_path: Option<&Path>) -> Teardow
         let conf = conf_path.filter(|p| p.is_file());
         // Step 1: the config we brought it up from.
         match (&wg_quick, conf) {
-            (Some(wq), Some(c)) => {
-                let c = c.to_string_lossy();
-                report
-                    .steps
-                    .push(run_step("wg-quick down <conf>", wq, &["down", &c]));
-                report.gone = gone_after(name);
-            }
             (None, _) => report
                 .steps
                 .push(skipped("wg-quick down <conf>", "wg-quick not installed")),
             (_, None) => report
                 .steps
                 .push(skipped("wg-quick down <conf>", "no config file")),
+            (_, Some(c)) if !conf_names(c, name) => report.steps.push(skipped(
+                "wg-quick down <conf>",
+                &format!("{} is not {name}.conf", c.display()),
+            )),
+            (Some(wq), Some(c)) => {
+                let c = c.to_string_lossy();
+                let step = run_step("wg-quick down <conf>", wq, &["down", &c]);
+                report.gone = gone_after(name, &step);
+                report.steps.push(step);
+            }
         }
         // Step 2: an /etc/wireguard install of the same name.
         if !report.gone {
             let etc: PathBuf = format!("/etc/wireguard/{name}.conf").into();
             match (&wg_quick, etc.is_file()) {
                 (Some(wq), true) => {
-                    report
-                        .steps
-                        .push(run_step("wg-quick down <name>", wq, &["down", name]));
-                    report.gone = gone_after(name);
+                    let step = run_step("wg-quick down <name>", wq, &["down", name]);
+                    report.gone = gone_after(name, &step);
+                    report.steps.push(step);
                 }
                 (None, _) => report
                     .steps
@@ -137,12 +153,9 @@ pub fn teardown_linux_interface(name: &str, conf_path: Option<&Path>) -> Teardow
         if !report.gone {
             match cmd::find_program("ip") {
                 Some(ip) => {
-                    report.steps.push(run_step(
-                        "ip link delete",
-                        &ip,
-                        &["link", "delete", "dev", name],
-                    ));
-                    report.gone = gone_after(name);
+                    let step = run_step("ip link delete", &ip, &["link", "delete", "dev", name]);
+                    report.gone = gone_after(name, &step);
+                    report.steps.push(step);
                     if report.gone {
                         report.steps.push(sweep(&ip, name));
                     }
@@ -159,7 +172,7 @@ pub fn teardown_linux_interface(name: &str, conf_path: Option<&Path>) -> Teardow
             .push(skipped("all", "interface does not exist"));
     }
     if report.gone {
-        if let Some(c) = conf_path {
+        if let Some(c) = conf_path.filter(|c| conf_names(c, name)) {
             report.config_removed = confdir::shred(c);
         }
     }
@@ -297,5 +310,18 @@ mod tests {
         assert_eq!(r.steps[0].detail, "interface does not exist");
         let r = teardown_linux_interface("bad\nname", None);
         assert!(!r.existed);
+    }
+
+    #[test]
+    fn step_one_only_uses_the_config_of_that_interface() {
+        assert!(conf_names(
+            Path::new("/t/sentinel-wg/wgsent0.conf"),
+            "wgsent0"
+        ));
+        assert!(!conf_names(
+            Path::new("/t/sentinel-wg/wgsent1.conf"),
+            "wgsent0"
+        ));
+        assert!(!conf_names(Path::new("/t/wgsent0.conf.bak"), "wgsent0"));
     }
 }

@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::backend::{self, Backend};
@@ -11,8 +12,10 @@ use crate::config::{RawConfig, TunnelConfig};
 use crate::dns;
 use crate::error::{Result, WgError};
 use crate::netdev;
+use crate::owner::{self, Owner, Record};
 use crate::registry::{self, Active};
 use crate::teardown::TeardownReport;
+use crate::watchdog::Watchdog;
 
 /// How long the kernel may take to show the interface up after `wg-quick up` returned.
 const READY_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
@@ -32,6 +35,7 @@ pub struct TunnelInfo {
     pub dns_method: Option<String>,
     pub ipv6: bool,
     pub replaced_stale: bool,
+    pub watchdog_pid: Option<u32>,
     pub connect_ms: f64,
     pub steps: Vec<(String, f64)>,
 }
@@ -81,14 +85,47 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
     be.available()?;
     mark("preflight", be.name(), &mut steps);
 
-    let _op = registry::op_lock();
     let dir = confdir::ensure_private_dir()?;
+    let _guard = registry::lock();
+    // The start-of-process sweep: what dead owners left here goes first.
+    let swept: Vec<String> = registry::sweep_dead_locked()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    let name = resolve_name(&cfg.name)?;
     let conf: PathBuf = dir.join(format!("{name}.conf"));
     mark("config-dir", &dir.to_string_lossy(), &mut steps);
 
-    // Converge: a leftover of the same name (a crashed run's, or our own) is the normal case.
-    let stale = netdev::exists(&name) || dns::pending(&name) || conf.exists();
-    if stale {
+    // Converge: a leftover of the same name (a killed run's, or our own) is the normal case.
+    // A live owner's tunnel is never taken over.
+    let stale = match owner::owner_of(&name) {
+        Owner::Alive(r) => return Err(WgError::NameInUse { name, pid: r.pid }),
+        Owner::Me(_) | Owner::Dead(_) => true,
+        Owner::Nobody | Owner::Elsewhere(_) => {
+            let exists = netdev::exists(&name);
+            if exists && !netdev::is_wireguard(&name) {
+                return Err(WgError::NotWireGuard {
+                    driver: netdev::driver(&name).unwrap_or_else(|| "unknown".into()),
+                    name,
+                });
+            }
+            exists || dns::pending(&name) || conf.exists()
+        }
+    };
+    let stale = stale || swept.contains(&name);
+    let others: Vec<&str> = swept
+        .iter()
+        .map(String::as_str)
+        .filter(|n| *n != name)
+        .collect();
+    if !others.is_empty() {
+        let detail = format!("removed what dead owners left: {}", others.join(", "));
+        mark("sweep", &detail, &mut steps);
+    }
+    if swept.contains(&name) {
+        let detail = format!("removed a leftover {name} whose owner is dead");
+        mark("converge", &detail, &mut steps);
+    } else if stale {
         let r = registry::cleanup_locked(&name, Some(&conf));
         if !r.gone {
             let tried: Vec<String> = r
@@ -105,12 +142,43 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
             ));
         }
         confdir::shred(&conf);
+        owner::remove(&name);
         mark(
             "converge",
             &format!("removed a leftover {name}"),
             &mut steps,
         );
     }
+
+    // The watchdog first, then the record naming it: every record has a watchdog, and the
+    // record exists before the interface does.
+    let watchdog = if std::env::var_os("BLUE_WG_NO_WATCHDOG").is_some_and(|v| v == "1") {
+        None
+    } else {
+        Some(Arc::new(Watchdog::spawn(&name)?))
+    };
+    let mut record = Record::mine(
+        &name,
+        &conf,
+        be.name(),
+        cfg.full_tunnel(),
+        cfg.dns.iter().map(IpAddr::to_string).collect(),
+    );
+    record.watchdog_pid = watchdog.as_ref().map(|w| w.pid);
+    if let Err(e) = owner::claim(&record) {
+        if let Some(w) = watchdog {
+            w.dismiss();
+        }
+        return Err(e);
+    }
+    mark(
+        "owner-record",
+        &watchdog
+            .as_ref()
+            .map(|w| format!("watchdog pid {}", w.pid))
+            .unwrap_or_else(|| "no watchdog".into()),
+        &mut steps,
+    );
 
     let ipv6 = netdev::ipv6_enabled();
     registry::insert(Active {
@@ -120,8 +188,14 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
         backend: be.name(),
         started: Instant::now(),
         owner,
+        watchdog: watchdog.clone(),
     });
-    let result = bring_up(be, &cfg, &conf, ipv6, &mut |s, d| mark(s, d, &mut steps));
+    let mut cfg = cfg;
+    cfg.name = name.clone();
+    let delegate = watchdog.clone().map(|w| w as Arc<dyn cmd::Delegate>);
+    let result = cmd::with_delegate(delegate, || {
+        bring_up(be, &cfg, &conf, ipv6, &mut |s, d| mark(s, d, &mut steps))
+    });
     let dns_method = match result {
         Ok(m) => m,
         Err(e) => {
@@ -133,6 +207,7 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
     mark("ready", &name, &mut steps);
     let fmt = |v: &[ipnet::IpNet]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
     Ok(TunnelInfo {
+        watchdog_pid: watchdog.map(|w| w.pid),
         name,
         config_path: conf.to_string_lossy().into_owned(),
         backend: be.name().into(),
@@ -154,6 +229,25 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
         connect_ms,
         steps,
     })
+}
+
+/// The highest N that `name: 'auto'` tries for `wgsentN`.
+const AUTO_MAX: u32 = 255;
+
+/// `auto` becomes the first `wgsentN` with no interface, no live owner and no wireguard-go
+/// socket of another namespace; any other name is kept.
+fn resolve_name(requested: &str) -> Result<String> {
+    if requested != "auto" {
+        return Ok(requested.to_string());
+    }
+    (0..=AUTO_MAX)
+        .map(|i| format!("wgsent{i}"))
+        .find(|n| {
+            matches!(owner::owner_of(n), Owner::Nobody | Owner::Dead(_))
+                && !netdev::exists(n)
+                && !std::path::Path::new(&format!("/var/run/wireguard/{n}.sock")).exists()
+        })
+        .ok_or_else(|| WgError::setup("name", format!("no free wgsentN for N up to {AUTO_MAX}")))
 }
 
 fn bring_up(
@@ -198,7 +292,10 @@ pub fn disconnect(name: Option<&str>) -> Result<Option<TeardownReport>> {
             None => return Ok(None),
         },
     };
-    let _op = registry::op_lock();
+    let _guard = registry::lock();
+    if let Owner::Alive(r) = owner::owner_of(&name) {
+        return Err(WgError::NameInUse { name, pid: r.pid });
+    }
     let conf = registry::get(&name)
         .map(|a| a.conf_path)
         .unwrap_or_else(|| confdir::conf_path(&name));
