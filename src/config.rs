@@ -231,6 +231,154 @@ impl RawConfig {
     }
 }
 
+/// Largest config file `parse_wg_quick` reads.
+pub const MAX_CONF_FILE: u64 = 64 * 1024;
+
+/// Parse a wg-quick file of the shape the SDK writes: one `[Interface]` (PrivateKey, Address,
+/// MTU, DNS) and one `[Peer]` (PublicKey, PresharedKey, Endpoint, AllowedIPs,
+/// PersistentKeepalive). Anything else (`PostUp`, `PreUp`, `PostDown`, `PreDown`,
+/// `SaveConfig`, `Table`, unknown keys, a second section) is refused with `INVALID_OPTIONS`
+/// naming the line: we never run what a file says to run. Values are validated afterwards by
+/// `TunnelConfig::from_raw`, exactly as for a config object. A missing `DNS` means DNS is
+/// left alone, a missing `PersistentKeepalive` means none, as wg-quick would do.
+pub fn parse_wg_quick(text: &str) -> Result<RawConfig> {
+    #[derive(PartialEq)]
+    enum Section {
+        None,
+        Interface,
+        Peer,
+    }
+    let mut section = Section::None;
+    let (mut interfaces, mut peers) = (0, 0);
+    let mut raw = RawConfig {
+        dns: Some(Vec::new()),
+        ..Default::default()
+    };
+    let mut peer = RawPeer {
+        persistent_keepalive: Some(0.0),
+        ..Default::default()
+    };
+    let mut seen: Vec<String> = Vec::new();
+    let list = |v: &str| -> Vec<String> {
+        v.split(',')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect()
+    };
+    for (i, line) in text.split('\n').enumerate() {
+        let at = format!("line {}", i + 1);
+        if let Some(c) = line.chars().find(|c| c.is_control() && *c != '\t') {
+            return Err(WgError::invalid(
+                at,
+                format!("contains a forbidden character {c:?}"),
+            ));
+        }
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with('[') {
+            section = match line.to_ascii_lowercase().as_str() {
+                "[interface]" => {
+                    interfaces += 1;
+                    Section::Interface
+                }
+                "[peer]" => {
+                    peers += 1;
+                    Section::Peer
+                }
+                _ => return Err(WgError::invalid(at, format!("unknown section {line}"))),
+            };
+            if interfaces > 1 || peers > 1 {
+                return Err(WgError::invalid(
+                    at,
+                    format!("a second {line} section is not supported"),
+                ));
+            }
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(WgError::invalid(at, "is not 'Key = Value'"));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        let lower = key.to_ascii_lowercase();
+        let field = |name: &str| format!("{name} ({at})");
+        if [
+            "postup",
+            "preup",
+            "postdown",
+            "predown",
+            "saveconfig",
+            "table",
+        ]
+        .contains(&lower.as_str())
+        {
+            return Err(WgError::invalid(
+                field(key),
+                "is not allowed: blue-wireguard never runs commands or routing options from a config file",
+            ));
+        }
+        let repeatable = matches!(lower.as_str(), "address" | "allowedips" | "dns");
+        let slot = format!("{}:{lower}", section == Section::Peer);
+        if !repeatable && seen.contains(&slot) {
+            return Err(WgError::invalid(field(key), "appears twice"));
+        }
+        seen.push(slot);
+        let number = |v: &str| -> Result<f64> {
+            v.parse::<u32>()
+                .map(f64::from)
+                .map_err(|_| WgError::invalid(field(key), format!("{v:?} is not a whole number")))
+        };
+        match (&section, lower.as_str()) {
+            (Section::Interface, "privatekey") => {
+                raw.private_key = Some(RawKey::Text(value.into()))
+            }
+            (Section::Interface, "address") => raw
+                .addresses
+                .get_or_insert_with(Vec::new)
+                .extend(list(value)),
+            (Section::Interface, "mtu") => raw.mtu = Some(number(value)?),
+            (Section::Interface, "dns") => raw.dns.get_or_insert_with(Vec::new).extend(list(value)),
+            (Section::Peer, "publickey") => peer.public_key = Some(value.into()),
+            (Section::Peer, "presharedkey") => peer.preshared_key = Some(value.into()),
+            (Section::Peer, "endpoint") => peer.endpoint = Some(value.into()),
+            (Section::Peer, "allowedips") => peer
+                .allowed_ips
+                .get_or_insert_with(Vec::new)
+                .extend(list(value)),
+            (Section::Peer, "persistentkeepalive") => {
+                peer.persistent_keepalive = Some(if value == "off" { 0.0 } else { number(value)? })
+            }
+            (Section::None, _) => {
+                return Err(WgError::invalid(
+                    field(key),
+                    "stands outside [Interface] and [Peer]",
+                ))
+            }
+            _ => {
+                return Err(WgError::invalid(
+                    field(key),
+                    "is not a key blue-wireguard accepts here",
+                ))
+            }
+        }
+    }
+    if interfaces == 0 {
+        return Err(WgError::invalid(
+            "config file",
+            "has no [Interface] section",
+        ));
+    }
+    if peers == 0 {
+        return Err(WgError::invalid("config file", "has no [Peer] section"));
+    }
+    if peer.allowed_ips.is_none() {
+        return Err(WgError::invalid("AllowedIPs", "is missing from [Peer]"));
+    }
+    raw.peer = Some(peer);
+    Ok(raw)
+}
+
 /// Where the peer listens. `host` is an IP literal or a validated hostname.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -755,6 +903,59 @@ mod tests {
             field_of(Input::Map(vec![("peer".into(), bad_peer)])),
             "peer.allowedIPs"
         );
+    }
+
+    const SDK_FILE: &str = "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\nAddress = 10.8.0.2/24\nMTU = 1280\nDNS = 10.8.0.1, 1.1.1.1\n\n[Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nEndpoint = 192.0.2.1:51820\nAllowedIPs = 0.0.0.0/0, ::/0\nPersistentKeepalive = 15\n";
+
+    #[test]
+    fn the_sdk_file_parses_to_the_same_tunnel() {
+        let c = TunnelConfig::from_raw(parse_wg_quick(SDK_FILE).unwrap()).unwrap();
+        assert!(c.full_tunnel());
+        assert_eq!(c.dns.len(), 2);
+        assert_eq!(c.mtu, 1280);
+        assert_eq!(c.peer.persistent_keepalive, 15);
+        let split = SDK_FILE
+            .replace("DNS = 10.8.0.1, 1.1.1.1\n", "")
+            .replace("0.0.0.0/0, ::/0", "1.1.1.1/32, 1.0.0.1/32");
+        let c = TunnelConfig::from_raw(parse_wg_quick(&split).unwrap()).unwrap();
+        assert!(!c.full_tunnel() && c.dns.is_empty());
+    }
+
+    #[test]
+    fn files_with_anything_else_are_refused() {
+        for (extra, field) in [
+            ("PostUp = touch /tmp/x\n", "PostUp (line 6)"),
+            ("preup = id\n", "preup (line 6)"),
+            ("PostDown = id\n", "PostDown (line 6)"),
+            ("PreDown = id\n", "PreDown (line 6)"),
+            ("SaveConfig = true\n", "SaveConfig (line 6)"),
+            ("Table = off\n", "Table (line 6)"),
+            ("ListenPort = 5\n", "ListenPort (line 6)"),
+            ("[Interface]\n", "line 6"),
+            ("[Peer]\n", "line 8"),
+            ("[Other]\n", "line 6"),
+            ("Endpoint = 1.2.3.4:5\n", "Endpoint (line 6)"),
+            ("garbage\n", "line 6"),
+            ("PublicKey = a\rPostUp = x\n", "line 6"),
+        ] {
+            let text = SDK_FILE.replacen("\n[Peer]", &format!("{extra}\n[Peer]"), 1);
+            let text = if extra.starts_with("Endpoint") {
+                SDK_FILE.to_string() + extra
+            } else {
+                text
+            };
+            match parse_wg_quick(&text) {
+                Err(WgError::InvalidOptions { field: f, .. }) => {
+                    let want = if extra.starts_with("Endpoint") {
+                        "Endpoint (line 12)"
+                    } else {
+                        field
+                    };
+                    assert_eq!(f, want, "{extra}")
+                }
+                other => panic!("{extra}: expected INVALID_OPTIONS, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 #![cfg_attr(test, allow(dead_code))]
 
 use std::cell::Cell;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -263,8 +264,14 @@ pub struct TunnelStatus {
     pub backend: Option<String>,
 }
 
+/// What a connect brings up: a config object, or a wg-quick file (the compat path).
+enum Source {
+    Config(RawConfig),
+    File(PathBuf),
+}
+
 pub struct ConnectTask {
-    raw: std::result::Result<RawConfig, WgError>,
+    raw: std::result::Result<Source, WgError>,
     progress: Option<Progress>,
     env_id: u64,
 }
@@ -275,7 +282,11 @@ impl Task for ConnectTask {
 
     fn compute(&mut self) -> Result<Self::Output> {
         let raw = match std::mem::replace(&mut self.raw, Err(WgError::invalid("config", "used"))) {
-            Ok(r) => r,
+            Ok(Source::Config(r)) => r,
+            Ok(Source::File(path)) => match tunnel::read_config_file(&path) {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(e)),
+            },
             Err(e) => return Ok(Err(e)),
         };
         let progress = self.progress.take();
@@ -342,13 +353,34 @@ impl Task for ConnectTask {
     ts_return_type = "Promise<TunnelInfo>"
 )]
 pub fn connect(config: Unknown, options: Option<Unknown>) -> Result<AsyncTask<ConnectTask>> {
-    let raw = to_input(&config, 0).map(|i| RawConfig::from_input(&i));
-    let raw = match raw {
-        Ok(r) => r,
+    let raw = match to_input(&config, 0).map(|i| RawConfig::from_input(&i)) {
+        Ok(r) => r.map(Source::Config),
         Err(e) => Err(WgError::invalid("config", e.reason.clone())),
     };
+    connect_task(raw, options)
+}
+
+/// Bring a tunnel up from a wg-quick config file of the shape the SDK writes (what
+/// `blue-wireguard/compat`'s `installWgTunnel` uses). The tunnel is named after the file
+/// (`/x/wgsent0.conf` -> `wgsent0`). A file with `PostUp`, `PreUp`, `PostDown`, `PreDown`,
+/// `SaveConfig`, `Table`, an unknown key or a second section is refused with
+/// `INVALID_OPTIONS` before anything runs; every value is validated as for `connect`.
+#[napi(
+    ts_args_type = "confPath: string, options?: ConnectOptions",
+    ts_return_type = "Promise<TunnelInfo>"
+)]
+pub fn connect_config_file(
+    conf_path: String,
+    options: Option<Unknown>,
+) -> Result<AsyncTask<ConnectTask>> {
+    connect_task(Ok(Source::File(PathBuf::from(conf_path))), options)
+}
+
+fn connect_task(
+    mut raw: std::result::Result<Source, WgError>,
+    options: Option<Unknown>,
+) -> Result<AsyncTask<ConnectTask>> {
     let mut progress = None;
-    let mut raw = raw;
     if let Some(opts) = options {
         match opts.get_type()? {
             ValueType::Undefined | ValueType::Null => {}
@@ -442,6 +474,41 @@ pub fn status(env: Env, name: Option<String>) -> Result<TunnelStatus> {
         full_tunnel: s.full_tunnel,
         backend: s.backend,
     })
+}
+
+/// Whether a tunnel can be brought up on this host. Cheap: no subprocess, no network.
+#[napi(object)]
+pub struct Availability {
+    /// `wg-quick` is installed and either the kernel module or a userspace implementation
+    /// (`wireguard-go`, or `WG_QUICK_USERSPACE_IMPLEMENTATION`, with `/dev/net/tun`) is usable.
+    pub available: bool,
+    /// Why not, when `available` is false.
+    pub reason: Option<String>,
+    /// Absolute path of `wg-quick`, if installed.
+    pub wg_quick: Option<String>,
+    /// This process may manage interfaces (effective uid 0).
+    pub is_admin: bool,
+}
+
+/// What this host offers, found in-process (PATH search, file checks).
+#[napi]
+pub fn availability() -> Availability {
+    let reason = crate::backend::wg_quick::unavailable_reason();
+    Availability {
+        available: reason.is_none(),
+        reason,
+        wg_quick: crate::cmd::find_program("wg-quick").map(|p| p.to_string_lossy().into_owned()),
+        is_admin: confdir::euid() == 0,
+    }
+}
+
+/// Create the private config directory (0700) or check the existing one, and return its
+/// path. Throws `WG_CONFIG_DIR_UNSAFE` when it cannot be trusted with a key.
+#[napi]
+pub fn prepare_config_dir(env: Env) -> Result<String> {
+    confdir::ensure_private_dir()
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|e| js_error(&env, &e))
 }
 
 /// The private config directory: `<os temp dir>/sentinel-wg` (honours `TMPDIR`).

@@ -54,6 +54,47 @@ pub struct TunnelStatus {
     pub backend: Option<String>,
 }
 
+/// Read a wg-quick file for `connectConfigFile`: a regular file of at most 64 KiB, named
+/// `<interface>.conf`; the tunnel takes its name from the file.
+pub fn read_config_file(path: &std::path::Path) -> Result<RawConfig> {
+    use std::io::Read;
+    let field = "confPath";
+    let name = path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .and_then(|f| f.strip_suffix(".conf"))
+        .ok_or_else(|| {
+            WgError::invalid(
+                field,
+                format!("{} is not a <name>.conf file", path.display()),
+            )
+        })?;
+    crate::config::validate_interface_name(name).map_err(|_| {
+        WgError::invalid(
+            field,
+            format!("{name:?} (from the file name) is not a valid interface name"),
+        )
+    })?;
+    let f = std::fs::File::open(path)
+        .map_err(|e| WgError::invalid(field, format!("cannot open {}: {e}", path.display())))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| WgError::io("cannot stat the config file", &e))?;
+    if !meta.is_file() || meta.len() > crate::config::MAX_CONF_FILE {
+        return Err(WgError::invalid(
+            field,
+            "must be a regular file of at most 64 KiB",
+        ));
+    }
+    let mut text = String::new();
+    f.take(crate::config::MAX_CONF_FILE)
+        .read_to_string(&mut text)
+        .map_err(|e| WgError::invalid(field, format!("cannot read {}: {e}", path.display())))?;
+    let mut raw = crate::config::parse_wg_quick(&text)?;
+    raw.name = Some(name.to_string());
+    Ok(raw)
+}
+
 /// Refuse a caller who may not manage interfaces, before anything is written or run
 /// (wg-quick would otherwise re-run itself under sudo and wait for a password).
 pub fn check_privileges() -> Result<()> {
