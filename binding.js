@@ -835,10 +835,13 @@ function __napiStampBindingTarget(exportsObject, target) {
 // linked import resolves to `undefined`.
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
+module.exports.availability = nativeBinding.availability
 module.exports.cleanupOwnTunnelsSync = nativeBinding.cleanupOwnTunnelsSync
 module.exports.configDir = nativeBinding.configDir
 module.exports.connect = nativeBinding.connect
+module.exports.connectConfigFile = nativeBinding.connectConfigFile
 module.exports.disconnect = nativeBinding.disconnect
 module.exports.emergencyCleanupSync = nativeBinding.emergencyCleanupSync
+module.exports.prepareConfigDir = nativeBinding.prepareConfigDir
 module.exports.status = nativeBinding.status
 module.exports.teardownLinuxInterface = nativeBinding.teardownLinuxInterface

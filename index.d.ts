@@ -9,6 +9,24 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/** What this host offers, found in-process (PATH search, file checks). */
+export declare function availability(): Availability
+
+/** Whether a tunnel can be brought up on this host. Cheap: no subprocess, no network. */
+export interface Availability {
+  /**
+   * `wg-quick` is installed and either the kernel module or a userspace implementation
+   * (`wireguard-go`, or `WG_QUICK_USERSPACE_IMPLEMENTATION`, with `/dev/net/tun`) is usable.
+   */
+  available: boolean
+  /** Why not, when `available` is false. */
+  reason?: string
+  /** Absolute path of `wg-quick`, if installed. */
+  wgQuick?: string
+  /** This process may manage interfaces (effective uid 0). */
+  isAdmin: boolean
+}
+
 /**
  * Remove only the tunnels this process brought up (what the exit hooks run).
  * Synchronous, never throws.
@@ -25,6 +43,15 @@ export declare function configDir(): string
  * `WG_IO_ERROR`; a failure leaves no interface, rule, DNS change or key file behind.
  */
 export declare function connect(config: TunnelConfig, options?: ConnectOptions): Promise<TunnelInfo>
+
+/**
+ * Bring a tunnel up from a wg-quick config file of the shape the SDK writes (what
+ * `blue-wireguard/compat`'s `installWgTunnel` uses). The tunnel is named after the file
+ * (`/x/wgsent0.conf` -> `wgsent0`). A file with `PostUp`, `PreUp`, `PostDown`, `PreDown`,
+ * `SaveConfig`, `Table`, an unknown key or a second section is refused with
+ * `INVALID_OPTIONS` before anything runs; every value is validated as for `connect`.
+ */
+export declare function connectConfigFile(confPath: string, options?: ConnectOptions): Promise<TunnelInfo>
 
 /**
  * Options of `connect`.
@@ -70,6 +97,12 @@ export interface PeerConfig {
   /** Optional preshared key, base64 of 32 bytes. */
   presharedKey?: string
 }
+
+/**
+ * Create the private config directory (0700) or check the existing one, and return its
+ * path. Throws `WG_CONFIG_DIR_UNSAFE` when it cannot be trusted with a key.
+ */
+export declare function prepareConfigDir(): string
 
 /** The kernel's view of `name` (default: this process's latest tunnel, else `wgsent0`). */
 export declare function status(name?: string | undefined | null): TunnelStatus
