@@ -1,24 +1,40 @@
 'use strict'
-// The bench's long-lived measuring process. Run ONLY inside a testbed's cli namespace
-// (tb.spawnCli from testbed/bench.js), never in the host's: it brings real tunnels up.
+// A bench measuring process. Run ONLY inside a testbed's cli namespace (tb.spawnCli from
+// testbed/bench.js), never in the host's: it brings real tunnels up.
 //
 //   BW_BENCH='{...plan...}' TMPDIR=<private dir> node testbed/bench/child.js
 //
-// One process does every run, so process start-up and module load are not part of any
-// connect figure. Each result is one JSON line on stdout ({event: ...}); stderr is free text.
+// Long-lived and driven by bench.js: one JSON command per stdin line, answered by result
+// events and then {"event":"ack","seq":N} on stdout (stderr is free text). Several children
+// can live side by side (with and without the watchdog) and take turns, because bench.js sends
+// one command at a time and every command leaves the namespace clean. One process does all
+// its runs, so process start-up and module load are not part of any connect figure.
 //
-// Phases: warm-up (not counted) -> runs (split, full alternating) -> emergencyCleanupSync
-// no-op calls -> the SDK's JavaScript path, emulated (see sdkConnect) -> done.
-// After every run it checks, untimed, that nothing is left (interface, rules, nft table,
-// key files, resolv.conf, wireguard-go); a leftover stops the bench with event 'leftover'.
+// Commands ({seq, cmd, ...}):
+//   cycle {mode: split|full, i}  connect -> first HTTP GET -> (full: DNS lookup) -> disconnect;
+//                                event 'warmup' (i < 0) or 'run'
+//   emergency                    emergencyCleanupSync() with nothing to clean; event 'emergency'
+//   footprint {idleMs}           full tunnel up, the watchdog's VmRSS and its CPU time over
+//                                idleMs of idling; event 'footprint'
+//   kill {i}                     an owner process (fixtures/agent.js, a child of this one)
+//                                connects a full tunnel and is SIGKILLed; time until the
+//                                namespace is clean, polled every plan.kill.intervalMs without
+//                                touching the addon here; event 'kill'
+//   sdk {i}                      the SDK's JavaScript path, emulated (see sdkRun); event 'sdk'
+//   exit                         event 'done', exit 0
+// After every command it checks, untimed, that nothing is left (interface, rules, nft table,
+// key files, resolv.conf, wireguard-go, watchdog); a leftover stops it with event 'leftover'.
 const fs = require('node:fs')
 const path = require('node:path')
-const { execFileSync } = require('node:child_process')
+const readline = require('node:readline')
+const { execFileSync, spawn } = require('node:child_process')
 const { getUntilOk, lookup } = require('../fixtures/net.js')
+const { look, waitClean } = require('../fixtures/clean.js')
 
 const ROOT = path.join(__dirname, '..', '..')
+const AGENT = path.join(__dirname, '..', 'fixtures', 'agent.js')
 const plan = JSON.parse(process.env.BW_BENCH || '{}')
-const say = (event, data = {}) => process.stdout.write(JSON.stringify({ event, ...data }) + '\n')
+const say = (event, data = {}) => process.stdout.write(JSON.stringify({ event, tag: plan.tag, ...data }) + '\n')
 const now = () => process.hrtime.bigint()
 const ms = (a, b = now()) => Number(b - a) / 1e6
 const sleep = (n) => new Promise((r) => setTimeout(r, n))
@@ -28,6 +44,7 @@ const wg = require(ROOT)
 const requireMs = ms(t)
 const ORIGINAL_RESOLV = fs.readFileSync('/etc/resolv.conf', 'utf8')
 const MY_NETNS = fs.statSync('/proc/self/ns/net').ino
+const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100
 
 // ------------------------------------------------------------------------ leftover checks
 
@@ -39,13 +56,13 @@ function sh(cmd, args) {
   }
 }
 
-/** Live wireguard-go processes in this network namespace. */
-function wireguardGo() {
+/** Live processes in this network namespace whose comm starts with `comm` (not zombies). */
+function procsNamed(comm) {
   const out = []
   for (const d of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(d)) continue
     try {
-      if (!fs.readFileSync(`/proc/${d}/comm`, 'utf8').startsWith('wireguard-go')) continue
+      if (!fs.readFileSync(`/proc/${d}/comm`, 'utf8').startsWith(comm)) continue
       if (fs.statSync(`/proc/${d}/ns/net`).ino !== MY_NETNS) continue
       const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8')
       if (stat.slice(stat.lastIndexOf(')') + 2)[0] === 'Z') continue
@@ -53,6 +70,18 @@ function wireguardGo() {
     } catch {}
   }
   return out
+}
+const wireguardGo = () => procsNamed('wireguard-go')
+const watchdogs = () => procsNamed('blue-wg-watchdo') // comm is cut at 15 characters
+
+/** True while `pid` runs (a zombie counts as gone). */
+function running(pid) {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z'
+  } catch {
+    return false
+  }
 }
 
 /** What tunnel `name` left behind; [] when nothing. */
@@ -71,6 +100,8 @@ function leftovers(name, confDirs) {
   if (fs.readFileSync('/etc/resolv.conf', 'utf8') !== ORIGINAL_RESOLV) left.push('resolv.conf changed')
   const daemons = wireguardGo()
   if (daemons.length) left.push(`wireguard-go ${daemons.join(', ')}`)
+  const dogs = watchdogs()
+  if (dogs.length) left.push(`blue-wg-watchdog ${dogs.join(', ')}`)
   return left
 }
 
@@ -98,6 +129,7 @@ async function addonRun(mode, cfg, i) {
   let t0 = now()
   const info = await wg.connect(cfg)
   r.connectMs = ms(t0)
+  r.watchdog = info.watchdogPid != null
   const first = await getUntilOk(plan.url, { deadlineMs: 10000 })
   r.connectFirstMs = ms(t0)
   r.firstRequestMs = first.ms
@@ -119,6 +151,144 @@ async function addonRun(mode, cfg, i) {
   r.teardown = rep.steps.filter((s) => s.ran).map((s) => `${s.step} ${s.elapsedMs.toFixed(1)}`).join(', ')
   r.settleMs = await settle(`${mode} run ${i}`, info.name, [wg.configDir()])
   return r
+}
+
+// ------------------------------------------------------------------------ the watchdog
+
+/** /proc figures of `pid`: memory (kB), CPU (utime+stime ticks, schedstat ns), switches. */
+function procSample(pid) {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8')
+  const kb = (k) => {
+    const m = new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(status)
+    return m ? Number(m[1]) : null
+  }
+  const num = (k) => {
+    const m = new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(status)
+    return m ? Number(m[1]) : 0
+  }
+  let schedNs = null
+  try {
+    schedNs = Number(fs.readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0])
+  } catch {}
+  let pssKb = null
+  try {
+    const m = /^Pss:\s+(\d+) kB/m.exec(fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))
+    if (m) pssKb = Number(m[1])
+  } catch {}
+  return {
+    cmd: fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean).join(' '),
+    state: f[0],
+    ticks: Number(f[11]) + Number(f[12]), // utime + stime (fields 14, 15)
+    schedNs,
+    switches: num('voluntary_ctxt_switches') + num('nonvoluntary_ctxt_switches'),
+    vmRssKb: kb('VmRSS'),
+    vmHwmKb: kb('VmHWM'),
+    rssAnonKb: kb('RssAnon'),
+    rssFileKb: kb('RssFile'),
+    pssKb,
+  }
+}
+
+/** A full tunnel up; the watchdog's RSS, and the CPU it uses over idleMs of idling. */
+async function footprint(idleMs) {
+  const info = await wg.connect(plan.full)
+  const pid = info.watchdogPid
+  if (!pid) throw new Error(`footprint: no watchdogPid in ${JSON.stringify(info)} (is BLUE_WG_NO_WATCHDOG set?)`)
+  await sleep(100) // past bring-up
+  const a = procSample(pid)
+  if (!/blue-wg-watchdog/.test(a.cmd)) throw new Error(`footprint: pid ${pid} is not the watchdog: ${a.cmd}`)
+  const t0 = now()
+  await sleep(idleMs)
+  const b = procSample(pid)
+  const idle = ms(t0)
+  const ownerRssKb = procSample(process.pid).vmRssKb
+  const rep = await wg.disconnect(info.name)
+  if (!rep || !rep.gone) throw new Error(`footprint: disconnect did not finish: ${JSON.stringify(rep)}`)
+  const exitedAfterDisconnect = !running(pid)
+  await settle('footprint', info.name, [wg.configDir()])
+  return {
+    pid, cmd: b.cmd, state: b.state, idleMs: idle, clkTck: CLK_TCK,
+    vmRssKb: b.vmRssKb, vmHwmKb: b.vmHwmKb, rssAnonKb: b.rssAnonKb, rssFileKb: b.rssFileKb, pssKb: b.pssKb,
+    cpuMs: ((b.ticks - a.ticks) * 1000) / CLK_TCK,
+    schedNs: a.schedNs === null || b.schedNs === null ? null : b.schedNs - a.schedNs,
+    switches: b.switches - a.switches,
+    ownerRssKb, exitedAfterDisconnect,
+  }
+}
+
+/** Start fixtures/agent.js as our child; resolves its events up to 'waiting'. */
+function startOwner(agentPlan, timeoutMs = 20000) {
+  const child = spawn(process.execPath, [AGENT], {
+    env: { ...process.env, BW_DEMO_AGENT: JSON.stringify(agentPlan) },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let stderr = ''
+  child.stderr.setEncoding('utf8').on('data', (d) => (stderr += d))
+  const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })))
+  const events = {}
+  const ready = new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`owner: no 'waiting' within ${timeoutMs} ms; ${stderr}`)), timeoutMs)
+    readline.createInterface({ input: child.stdout }).on('line', (line) => {
+      let ev
+      try {
+        ev = JSON.parse(line)
+      } catch {
+        return
+      }
+      events[ev.event] = ev
+      if (ev.event === 'error') {
+        clearTimeout(timer)
+        reject(new Error(`owner: ${ev.code} ${ev.message}`))
+      } else if (ev.event === 'waiting') {
+        clearTimeout(timer)
+        resolve(events)
+      }
+    })
+    exited.then((x) => {
+      clearTimeout(timer)
+      reject(new Error(`owner exited early ${JSON.stringify(x)}; ${stderr}`))
+    })
+  })
+  return { child, ready, exited }
+}
+
+/**
+ * One owner-SIGKILL run: a child of ours connects a full tunnel (with its watchdog), fetches
+ * through it, and is SIGKILLed. From the kill, poll every intervalMs (bounded) until the
+ * namespace is clean: no interface, no policy rule, key dir empty, resolv.conf original.
+ * Nothing of the addon runs here meanwhile (this process has no tunnel and calls nothing).
+ */
+async function killRun(i) {
+  const k = plan.kill
+  const owner = startOwner({ config: plan.full, fetch: [plan.url], then: 'wait' })
+  const ev = await owner.ready
+  const info = ev.connected.info
+  if (!info.watchdogPid) throw new Error(`kill run ${i}: the owner has no watchdog: ${JSON.stringify(info)}`)
+  if (!ev.fetch || !ev.fetch.ok) throw new Error(`kill run ${i}: no HTTP through the owner's tunnel: ${JSON.stringify(ev.fetch)}`)
+  const keyDir = wg.configDir()
+  const before = look({ name: info.name, keyDir, originalResolv: ORIGINAL_RESOLV }, { rules: 'always' })
+  if (before.clean) throw new Error(`kill run ${i}: the namespace looks clean with the tunnel up: ${JSON.stringify(before)}`)
+  const daemons = wireguardGo()
+  const t0 = now()
+  owner.child.kill('SIGKILL')
+  const c = await waitClean({ name: info.name, keyDir, originalResolv: ORIGINAL_RESOLV, t0, intervalMs: k.intervalMs, boundMs: k.boundMs })
+  if (!c.ok) {
+    say('leftover', { label: `kill run ${i}: not clean ${c.ms.toFixed(0)} ms after SIGKILL`, left: c.left })
+    process.exit(3)
+  }
+  // The processes: the watchdog exits once it has cleaned, wireguard-go once its interface is gone.
+  const pids = [info.watchdogPid, ...daemons]
+  while (pids.some(running) && ms(t0) < k.boundMs) await sleep(k.intervalMs)
+  const processesGoneMs = ms(t0)
+  const x = await owner.exited
+  if (x.signal !== 'SIGKILL') throw new Error(`kill run ${i}: owner ended ${JSON.stringify(x)}, not by SIGKILL`)
+  await settle(`kill run ${i}`, info.name, [keyDir])
+  return {
+    i, ownerPid: ev.loaded.pid, watchdogPid: info.watchdogPid, ownerConnectMs: ev.connected.callMs,
+    cleanMs: c.ms, lastDirtyMs: c.lastDirtyMs, first: c.first, polls: c.polls, processesGoneMs,
+  }
 }
 
 // ------------------------------------------------------------------------ the SDK's JS path
@@ -191,35 +361,62 @@ async function sdkRun(cfg, i) {
   return r
 }
 
-// ------------------------------------------------------------------------ main
+// ------------------------------------------------------------------------ commands
 
-async function main() {
-  say('ready', { pid: process.pid, requireMs, configDir: wg.configDir() })
-  const modes = [['split', plan.split], ['full', plan.full]]
-
-  for (let w = 0; w < plan.warmup; w++) {
-    for (const [mode, cfg] of modes) say('warmup', await addonRun(mode, cfg, -1 - w))
-  }
-  for (let i = 0; i < plan.runs; i++) {
-    for (const [mode, cfg] of modes) say('run', await addonRun(mode, cfg, i))
-  }
-
-  // emergencyCleanupSync() with nothing to clean
+async function emergency(calls) {
   for (let k = 0; k < 50; k++) wg.emergencyCleanupSync()
-  const samples = new Array(plan.emergencyCalls)
-  for (let k = 0; k < plan.emergencyCalls; k++) {
+  const samples = new Array(calls)
+  for (let k = 0; k < calls; k++) {
     const t0 = now()
     wg.emergencyCleanupSync()
     samples[k] = ms(t0)
   }
-  say('emergency', { samples })
   await settle('emergencyCleanupSync', plan.split.name, [wg.configDir()])
+  return samples
+}
 
-  if (plan.sdk && plan.sdk.runs > 0) {
-    for (let i = 0; i < plan.sdk.runs; i++) say('sdk', await sdkRun(plan.split, i))
-    fs.rmSync(plan.sdk.confDir, { recursive: true, force: true })
+async function run(c) {
+  switch (c.cmd) {
+    case 'cycle': {
+      const cfg = c.mode === 'full' ? plan.full : plan.split
+      say(c.i < 0 ? 'warmup' : 'run', await addonRun(c.mode, cfg, c.i))
+      break
+    }
+    case 'emergency':
+      say('emergency', { samples: await emergency(plan.emergencyCalls) })
+      break
+    case 'footprint':
+      say('footprint', await footprint(c.idleMs))
+      break
+    case 'kill':
+      say('kill', await killRun(c.i))
+      break
+    case 'sdk':
+      say('sdk', await sdkRun(plan.split, c.i))
+      break
+    case 'exit':
+      if (plan.sdk) fs.rmSync(plan.sdk.confDir, { recursive: true, force: true })
+      say('done')
+      return false
+    default:
+      throw new Error(`unknown command ${JSON.stringify(c)}`)
   }
-  say('done')
+  return true
+}
+
+async function main() {
+  say('ready', { pid: process.pid, requireMs, configDir: wg.configDir() })
+  for await (const line of readline.createInterface({ input: process.stdin })) {
+    if (!line.trim()) continue
+    const c = JSON.parse(line)
+    const more = await run(c)
+    say('ack', { seq: c.seq, cmd: c.cmd })
+    if (!more) {
+      process.stdin.destroy()
+      return
+    }
+  }
+  // stdin closed without 'exit': bench.js is gone; the exit hooks remove anything of ours
 }
 
 main().catch((e) => {
