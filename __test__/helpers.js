@@ -115,4 +115,169 @@ async function assertClean(tb, name, tmp, originalResolv) {
   assert.deepEqual(live, [], `processes left in ${tb.cliNs}: ${live.map((p) => fs.readFileSync(`/proc/${p}/cmdline`, 'utf8')).join(' | ')}`)
 }
 
-module.exports = { tmpdir, startAgent, runAgent, linkExists, assertClean, resolvConfPath, SIGNUM }
+
+// ------------------------------------------------------------------ owner / watchdog helpers
+// Everything below observes the cli namespace from this (the host's) process without loading
+// the addon: /proc, the config dir and resolv.conf are read directly, and only the checks that
+// need the namespace's kernel view (links, rules, nft) run `ip`/`nft` there via execCli.
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+/** Inode of the cli namespace (what /proc/<pid>/ns/net of a process inside it stats to). */
+function nsInode(tb) {
+  return fs.statSync(`/run/netns/${tb.cliNs}`).ino
+}
+
+/** State letter of /proc/<pid>/stat, or null when the pid does not exist. */
+function procState(pid) {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
+  } catch {
+    return null
+  }
+}
+
+/** True when `pid` no longer runs (no such pid, or a zombie / dead entry). */
+function procGone(pid) {
+  const s = procState(pid)
+  return s === null || s === 'Z' || s === 'X'
+}
+
+/** Field 22 of /proc/<pid>/stat: the start time in clock ticks after boot. */
+function procStartTime(pid) {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19])
+}
+
+/** A `/proc/<pid>/status` field as a string (e.g. 'VmRSS' -> '1234 kB'), or null. */
+function procStatus(pid, field) {
+  try {
+    const line = fs.readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').find((l) => l.startsWith(`${field}:`))
+    return line ? line.slice(field.length + 1).trim() : null
+  } catch {
+    return null
+  }
+}
+
+/** Live (not zombie) processes inside the cli namespace: [{pid, comm, cmdline}], found by
+ *  scanning /proc from the host (no process is started for it). */
+function nsProcesses(tb, ino = nsInode(tb)) {
+  const out = []
+  for (const p of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue
+    let st
+    try {
+      st = fs.statSync(`/proc/${p}/ns/net`)
+    } catch {
+      continue // gone, or a zombie (its namespaces are already released)
+    }
+    if (st.ino !== ino || procGone(p)) continue
+    let stat = ''
+    let cmdline = ''
+    try {
+      stat = fs.readFileSync(`/proc/${p}/stat`, 'utf8')
+      cmdline = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').join(' ').trim()
+    } catch {
+      continue
+    }
+    out.push({ pid: Number(p), comm: stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')), cmdline })
+  }
+  return out
+}
+
+/** ifindex of `name` in the cli namespace, or null when it does not exist. */
+async function ifindex(tb, name) {
+  const r = await tb.execCli('ip', ['-o', 'link', 'show', 'dev', name])
+  if (r.code !== 0) return null
+  return Number(r.stdout.split(':')[0])
+}
+
+/**
+ * One look at the cli namespace: what is left of the tunnels `names`? Returns a list of
+ * problems (empty = clean). The cheap checks (files, resolv.conf, processes: read from the
+ * host) go first; the kernel checks (links, rules, nft, via execCli) only run when those pass.
+ *   files: 'all' (the config dir must be empty) or 'named' (no `<name>.*` file)
+ *   keepPids: processes allowed to live in the namespace (e.g. another agent's)
+ */
+async function leftovers(tb, { names, tmp, original, files = 'all', keepPids = [], ino = nsInode(tb) }) {
+  const problems = []
+  const dir = path.join(tmp, 'sentinel-wg')
+  let entries = []
+  try {
+    entries = fs.readdirSync(dir)
+  } catch {}
+  if (files === 'named') entries = entries.filter((f) => names.some((n) => f.startsWith(`${n}.`)))
+  if (entries.length) problems.push(`files in ${dir}: ${entries.join(' ')}`)
+  if (original !== undefined && fs.readFileSync(resolvConfPath(tb), 'utf8') !== original) {
+    problems.push('resolv.conf is not the original')
+  }
+  const procs = nsProcesses(tb, ino).filter((p) => !keepPids.includes(p.pid))
+  if (procs.length) problems.push(`processes: ${procs.map((p) => `${p.pid} ${p.cmdline}`).join(' | ')}`)
+  if (problems.length) return problems
+  for (const n of names) if (await linkExists(tb, n)) problems.push(`interface ${n}`)
+  for (const fam of ['-4', '-6']) {
+    const r = await tb.execCli('ip', [fam, 'rule', 'show'])
+    if (/fwmark|suppress_prefixlength/.test(r.stdout)) problems.push(`policy rules (${fam}): ${r.stdout.trim()}`)
+  }
+  const nft = (await tb.execCli('nft', ['list', 'tables'])).stdout
+  for (const n of names) if (new RegExp(`wg-quick-${n}\\b`).test(nft)) problems.push(`nft table wg-quick-${n}`)
+  return problems
+}
+
+/**
+ * Poll `leftovers` every `everyMs` until clean or `boundMs` after `t0` (a performance.now()
+ * timestamp, e.g. the moment of a SIGKILL). Starts no process besides the observation
+ * commands of `leftovers`. Resolves { clean, ms (t0 -> start of the first clean look),
+ * problems (of the last look), seen (comm -> pids of every process met in the namespace
+ * while polling, keepPids excluded) }.
+ */
+async function waitClean(tb, { t0 = performance.now(), boundMs = 3000, everyMs = 5, ...o }) {
+  const ino = nsInode(tb)
+  const seen = {}
+  for (;;) {
+    const at = performance.now()
+    for (const p of nsProcesses(tb, ino)) {
+      if ((o.keepPids || []).includes(p.pid)) continue
+      seen[p.comm] = [...new Set([...(seen[p.comm] || []), p.pid])]
+    }
+    const problems = await leftovers(tb, { ...o, ino })
+    if (!problems.length) return { clean: true, ms: at - t0, problems, seen }
+    if (performance.now() - t0 > boundMs) return { clean: false, ms: performance.now() - t0, problems, seen }
+    await sleep(everyMs)
+  }
+}
+
+/** The `.owner` record text exactly as owner.rs `render` writes it. */
+function renderRecord(r) {
+  return [
+    `name=${r.name}`,
+    `pid=${r.pid}`,
+    `start_time=${r.startTime}`,
+    `netns=${r.netns}`,
+    `conf_path=${r.confPath}`,
+    `backend=${r.backend ?? 'wg-quick'}`,
+    `full_tunnel=${!!r.fullTunnel}`,
+    `dns=${(r.dns || []).join(',')}`,
+    `watchdog_pid=${r.watchdogPid ?? ''}`,
+    `created_unix_ms=${r.createdUnixMs ?? Date.now()}`,
+    '',
+  ].join('\n')
+}
+
+/** Parse a `.owner` record into { key: value } strings. */
+function parseRecord(text) {
+  return Object.fromEntries(text.split('\n').filter(Boolean).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]))
+}
+
+/** Kill (SIGKILL) an agent from startAgent if it still runs, and wait for its end. */
+async function killAgent(a) {
+  if (a.child.exitCode === null && a.child.signalCode === null) a.child.kill('SIGKILL')
+  await a.exited
+}
+
+module.exports = {
+  tmpdir, startAgent, runAgent, linkExists, assertClean, resolvConfPath, SIGNUM,
+  sleep, nsInode, procState, procGone, procStartTime, procStatus, nsProcesses, ifindex, leftovers, waitClean,
+  renderRecord, parseRecord, killAgent,
+}

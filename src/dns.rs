@@ -206,8 +206,13 @@ pub fn restore(name: &str) -> bool {
         restored |= run_ok("resolvconf", &["-d".into(), name.into(), "-f".into()], None).is_ok();
     }
     // systemd-resolved forgets a link's DNS when the link is deleted: nothing to undo.
-    let current = fs::read_to_string(resolv_conf_path()).unwrap_or_default();
-    if owner_of(&current) == Some(name) {
+    let current = fs::read_to_string(resolv_conf_path());
+    // `write_in_place` truncates, then writes: an owner killed between the two (on the way up
+    // or down) leaves an empty file while its marker still says we rewrite it. That empty
+    // file is our cut-short rewrite, not someone else's: put the backup back.
+    let cut_short = method == Some(DnsMethod::File) && matches!(&current, Ok(s) if s.is_empty());
+    let current = current.unwrap_or_default();
+    if owner_of(&current) == Some(name) || cut_short {
         let backup = fs::read_to_string(backup_path(name)).ok();
         if let Some(original) = backup.or_else(|| original_from(&current)) {
             restored |= write_in_place(&original).is_ok();

@@ -266,7 +266,7 @@ pub struct TunnelStatus {
 
 /// What a connect brings up: a config object, or a wg-quick file (the compat path).
 enum Source {
-    Config(RawConfig),
+    Config(Box<RawConfig>),
     File(PathBuf),
 }
 
@@ -282,7 +282,7 @@ impl Task for ConnectTask {
 
     fn compute(&mut self) -> Result<Self::Output> {
         let raw = match std::mem::replace(&mut self.raw, Err(WgError::invalid("config", "used"))) {
-            Ok(Source::Config(r)) => r,
+            Ok(Source::Config(r)) => *r,
             Ok(Source::File(path)) => match tunnel::read_config_file(&path) {
                 Ok(r) => r,
                 Err(e) => return Ok(Err(e)),
@@ -354,7 +354,7 @@ impl Task for ConnectTask {
 )]
 pub fn connect(config: Unknown, options: Option<Unknown>) -> Result<AsyncTask<ConnectTask>> {
     let raw = match to_input(&config, 0).map(|i| RawConfig::from_input(&i)) {
-        Ok(r) => r.map(Source::Config),
+        Ok(r) => r.map(|c| Source::Config(Box::new(c))),
         Err(e) => Err(WgError::invalid("config", e.reason.clone())),
     };
     connect_task(raw, options)

@@ -210,9 +210,19 @@ pub fn claim(rec: &Record) -> Result<()> {
     confdir::write_private_file(&record_path(&rec.name), rec.render().as_bytes())
 }
 
-/// Remove the record of `name` (zero-filled like every file in the directory).
+/// Remove the record of `name` with a single `unlink`, so it is either whole or gone. A record
+/// holds no secret; zero-filling it first (like a key file) left a window, between the
+/// zero-fill and the unlink, in which a SIGKILLed owner left an unreadable record that neither
+/// its watchdog nor any sweep would ever remove.
 pub fn remove(name: &str) {
-    confdir::shred(&record_path(name));
+    let _ = fs::remove_file(record_path(name));
+}
+
+/// True when `name` has a record file that does not parse: one cut short by a SIGKILL between
+/// its creation and its write in `claim`. Records are only written under `DirLock`, so under
+/// the lock an unreadable record is never a live writer's.
+pub fn unreadable(name: &str) -> bool {
+    fs::symlink_metadata(record_path(name)).is_ok() && read(name).is_none()
 }
 
 /// Every readable record in the config directory.

@@ -139,14 +139,20 @@ pub fn cleanup_dead_owner(name: &str, pid: u32, start: u64) -> Option<TeardownRe
         Owner::Dead(r) if r.pid == pid && r.start_time == start => {
             Some(cleanup_locked(name, Some(&r.conf_path)))
         }
+        // The owner died inside `claim`, after creating its record and before writing it:
+        // nothing else exists yet (the record comes before the interface).
+        Owner::Nobody if owner::unreadable(name) => {
+            owner::remove(name);
+            None
+        }
         _ => None,
     }
 }
 
 /// Sweep what dead processes left in this namespace (caller holds `lock()`): their tunnels,
-/// DNS changes, records, and key files no live owner claims. Never touches a tunnel whose
-/// owner is alive, nor an interface without a record. Cheap (no subprocess) when there is
-/// nothing to remove.
+/// DNS changes, records (also unreadable ones), and key files no live owner claims. Never
+/// touches a tunnel whose owner is alive, nor an interface without a record. Cheap (no
+/// subprocess) when there is nothing to remove.
 pub fn sweep_dead_locked() -> Vec<TeardownReport> {
     let mut reports = Vec::new();
     for o in owner::list_classified() {
@@ -162,7 +168,7 @@ pub fn sweep_dead_locked() -> Vec<TeardownReport> {
         let Some((name, ext)) = file.rsplit_once('.') else {
             continue;
         };
-        if !matches!(ext, "conf" | "dns" | "resolv") || get(name).is_some() {
+        if !matches!(ext, "conf" | "dns" | "resolv" | "owner") || get(name).is_some() {
             continue;
         }
         if !matches!(owner::owner_of(name), Owner::Nobody | Owner::Dead(_)) {
@@ -183,6 +189,9 @@ pub fn sweep_dead_locked() -> Vec<TeardownReport> {
             }
             "dns" | "resolv" => {
                 dns::restore(name);
+            }
+            "owner" if owner::unreadable(name) => {
+                owner::remove(name);
             }
             _ => {}
         }
