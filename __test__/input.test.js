@@ -141,6 +141,9 @@ function hostileCases(markerDir) {
       variants.push(
         ['33-byte Buffer', () => ({ $alloc: 33, $fill: 7 })],
         ['all-zero 32-byte Buffer', () => ({ $alloc: 32, $fill: 0 })],
+        // 32 bytes, but not a Uint8Array: its bytes would be reinterpreted as a key.
+        ['Uint16Array(16)', () => ({ $typed: 'Uint16Array', $len: 16 })],
+        ['Float64Array(4)', () => ({ $typed: 'Float64Array', $len: 4 })],
       )
     }
     for (const [what, make, injects] of variants) {

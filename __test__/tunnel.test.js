@@ -156,3 +156,20 @@ test('verify-before-capture: a second connect on the same name in the same proce
   assert.equal(r.event('disconnected').report.gone, true)
   await assertClean(tb, name, tmp, original)
 })
+
+test('a bring-up that fails is rolled back: TUNNEL_SETUP_FAILED, and nothing is left', async (t) => {
+  const tmp = tmpdir(t)
+  const name = `${tb.prefix}c`
+  // The endpoint host cannot be resolved in the namespace, so `wg setconf` inside wg-quick up
+  // fails after the interface was created (one attempt: WG_ENDPOINT_RESOLUTION_RETRIES=0).
+  const config = tb.tunnelConfig(0, { allowedIps: FULL, name, peer: undefined })
+  config.peer = { publicKey: tb.serverPublicKey, endpoint: 'no-such-node.invalid:51820', allowedIps: FULL }
+  const r = await runAgent(tb, { config, then: 'disconnect' }, { tmp, env: { WG_ENDPOINT_RESOLUTION_RETRIES: '0' } })
+  const err = r.event('error')
+  assert.ok(err, JSON.stringify(r.events))
+  assert.equal(err.code, 'TUNNEL_SETUP_FAILED')
+  assert.match(err.message, /wg-quick up/)
+  assert.match(err.message, /no-such-node\.invalid/, 'the tool stderr is kept in the message')
+  assert.equal(r.exit.status, 2)
+  await assertClean(tb, name, tmp, original)
+})

@@ -39,13 +39,15 @@ fn to_input(v: &Unknown, depth: usize) -> Result<Input> {
         ValueType::String => Input::Str(unsafe { v.cast::<String>()? }),
         ValueType::Number => Input::Num(unsafe { v.cast::<f64>()? }),
         ValueType::Boolean => Input::Bool(unsafe { v.cast::<bool>()? }),
-        ValueType::Object if v.is_buffer()? => {
-            Input::Bytes(unsafe { v.cast::<Buffer>()? }.to_vec())
+        ValueType::Object if v.is_typedarray()? => {
+            if is_uint8_array(v) {
+                Input::Bytes(unsafe { v.cast::<Uint8Array>()? }.to_vec())
+            } else {
+                Input::Other("typed array other than Uint8Array")
+            }
         }
-        ValueType::Object if v.is_typedarray()? => match unsafe { v.cast::<Uint8Array>() } {
-            Ok(a) => Input::Bytes(a.to_vec()),
-            Err(_) => Input::Other("typed array"),
-        },
+        // napi_is_buffer is true for any ArrayBufferView: here only a DataView is left.
+        ValueType::Object if v.is_buffer()? => Input::Other("DataView"),
         ValueType::Object if depth >= MAX_DEPTH => Input::Other("nested object"),
         ValueType::Object if v.is_array()? => {
             let arr = unsafe { v.cast::<Object>()? };
@@ -91,6 +93,30 @@ fn to_input(v: &Unknown, depth: usize) -> Result<Input> {
 
 /// How long a finished connect waits for the JS thread to run its last progress callbacks.
 const PROGRESS_FLUSH_BOUND: Duration = Duration::from_secs(1);
+
+/// True for a `Uint8Array` (a Buffer is one); false for any other typed array, whose bytes
+/// would be reinterpreted.
+fn is_uint8_array(v: &Unknown) -> bool {
+    let env = v.value().env;
+    let mut kind = napi::sys::TypedarrayType::int8_array;
+    let mut len = 0usize;
+    let mut data = std::ptr::null_mut();
+    let mut buffer = std::ptr::null_mut();
+    let mut offset = 0usize;
+    // SAFETY: v is a typed array of this env (checked by the caller); out-pointers are valid.
+    let status = unsafe {
+        napi::sys::napi_get_typedarray_info(
+            env,
+            v.raw(),
+            &mut kind,
+            &mut len,
+            &mut data,
+            &mut buffer,
+            &mut offset,
+        )
+    };
+    status == napi::sys::Status::napi_ok && kind == napi::sys::TypedarrayType::uint8_array
+}
 
 type ProgressArgs = FnArgs<(String, String)>;
 type Progress = ThreadsafeFunction<ProgressArgs, (), ProgressArgs, Status, false>;
@@ -440,9 +466,24 @@ pub fn disconnect(name: Option<String>) -> AsyncTask<DisconnectTask> {
 /// Remove interface `name` in three escalating steps (`wg-quick down <confPath>`,
 /// `wg-quick down <name>`, `ip link delete dev <name>`), stopping once it is gone; then
 /// zero-fill and delete `confPath`. Synchronous; never throws.
-#[napi]
-pub fn teardown_linux_interface(name: String, conf_path: Option<String>) -> TeardownReport {
-    registry::teardown_named(&name, conf_path.as_deref().map(std::path::Path::new)).into()
+#[napi(ts_args_type = "name: string, confPath?: string | undefined | null")]
+pub fn teardown_linux_interface(name: Unknown, conf_path: Option<Unknown>) -> TeardownReport {
+    let text = |v: &Unknown| match v.get_type() {
+        Ok(ValueType::String) => unsafe { v.cast::<String>() }.ok(),
+        _ => None,
+    };
+    let Some(name) = text(&name) else {
+        return CoreReport::refused("", "name must be a string").into();
+    };
+    let conf = match &conf_path {
+        None => None,
+        Some(c) if matches!(c.get_type(), Ok(ValueType::Undefined | ValueType::Null)) => None,
+        Some(c) => match text(c) {
+            Some(c) => Some(c),
+            None => return CoreReport::refused(&name, "confPath must be a string").into(),
+        },
+    };
+    registry::teardown_named(&name, conf.as_deref().map(std::path::Path::new)).into()
 }
 
 /// Remove this process's tunnels and a leftover `wgsent0` with its DNS change and key file.

@@ -48,6 +48,20 @@ pub struct TeardownReport {
     pub config_path: Option<String>,
 }
 
+impl TeardownReport {
+    /// A report for a call that could not even start (bad arguments): nothing was touched.
+    pub fn refused(name: &str, why: &str) -> Self {
+        TeardownReport {
+            name: name.to_string(),
+            existed: false,
+            gone: false,
+            steps: vec![skipped("all", why)],
+            config_removed: false,
+            config_path: None,
+        }
+    }
+}
+
 fn skipped(step: &str, why: &str) -> StepReport {
     StepReport {
         step: step.into(),
