@@ -456,8 +456,11 @@ impl Task for DisconnectTask {
     }
 }
 
-/// Take down the named tunnel, or the one this process connected last. Resolves with the
-/// teardown report (check `gone`), or null when there was nothing to take down. Idempotent.
+/// Take down the named tunnel, or the one this process connected last: DNS restored, interface,
+/// rules, key file, ownership record and watchdog removed. Resolves with the teardown report
+/// (check `gone`), or null when there was nothing to take down. Idempotent. Rejects with
+/// `WG_NAME_IN_USE` for a tunnel another live process owns (`teardownLinuxInterface` is the
+/// explicit tool for that).
 #[napi(ts_return_type = "Promise<TeardownReport | null>")]
 pub fn disconnect(name: Option<String>) -> AsyncTask<DisconnectTask> {
     AsyncTask::new(DisconnectTask { name })
@@ -486,8 +489,10 @@ pub fn teardown_linux_interface(name: Unknown, conf_path: Option<Unknown>) -> Te
     registry::teardown_named(&name, conf.as_deref().map(std::path::Path::new)).into()
 }
 
-/// Remove this process's tunnels and a leftover `wgsent0` with its DNS change and key file.
-/// Synchronous, never throws, safe in exit handlers; no subprocess when nothing exists.
+/// Remove this process's tunnels, and what dead processes left (their tunnels, DNS changes,
+/// records and key files). Never touches a tunnel whose owner is alive, nor an interface
+/// without an ownership record. Synchronous, never throws, safe in exit handlers; no
+/// subprocess when there is nothing to remove.
 #[napi]
 pub fn emergency_cleanup_sync() {
     registry::emergency_cleanup();
