@@ -106,3 +106,16 @@ test('BLUE_WG_NO_EXIT_HOOKS=1 (and no watchdog) leaves shutdown to the app', asy
   assert.equal(r2.event('connected').info.replacedStale, true)
   await assertClean(tb, name, tmp, original)
 })
+
+test('a worker thread that is terminated takes its tunnel with it (napi env cleanup hook)', async (t) => {
+  const tmp = tmpdir(t)
+  const name = `${tb.prefix}w`
+  const config = tb.tunnelConfig(0, { allowedIps: ['10.8.0.0/24'], name })
+  const r = await tb.execCli(process.execPath, [require.resolve('./fixtures/worker-agent.js')], {
+    env: { BW_CONFIG: JSON.stringify(config), TMPDIR: tmp },
+  })
+  assert.equal(r.code, 0, r.stderr)
+  const out = JSON.parse(r.stdout.trim())
+  assert.deepEqual(out, { name, before: true, after: false })
+  await assertClean(tb, name, tmp, original)
+})
