@@ -4,10 +4,9 @@ const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
-const readline = require('node:readline')
+const { startFixture, cliProcs, resolvConfPath, SIGNUM } = require('../testbed/fixtures/checks.js')
 
 const AGENT = path.join(__dirname, 'fixtures', 'agent.js')
-const SIGNUM = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 }
 
 /** A private TMPDIR for one test, so its config dir is its own (and TMPDIR is honoured). */
 function tmpdir(t) {
@@ -17,58 +16,16 @@ function tmpdir(t) {
 }
 
 /**
- * Start the agent in the testbed's cli namespace. Returns { child, events, next(event),
- * exited } where next() resolves with the first event of that name (rejects on timeout or
- * if the agent ends first) and exited resolves { code, signal, status } (status as a shell
- * reports it: 128 + signal number when killed).
+ * Start the agent in the testbed's cli namespace (through testbed/fixtures/checks.js).
+ * Returns { child, events, next(event), exited, stderr() } where next() resolves with the first
+ * event of that name (rejects on timeout, an 'error' event, or if the agent ends first) and
+ * exited resolves { code, signal, status, stderr } (status as a shell reports it: 128 + signal
+ * number when killed).
  */
 function startAgent(tb, plan, { tmp, env = {} } = {}) {
-  const child = tb.spawnCli(process.execPath, [AGENT], {
-    env: { BW_AGENT: JSON.stringify(plan), TMPDIR: tmp, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  const events = []
-  const waiters = []
-  let stderr = ''
-  child.stderr.on('data', (d) => (stderr += d))
-  readline.createInterface({ input: child.stdout }).on('line', (line) => {
-    let ev
-    try {
-      ev = JSON.parse(line)
-    } catch {
-      return
-    }
-    events.push(ev)
-    for (const w of [...waiters]) if (w.name === ev.event) w.resolve(ev)
-  })
-  const exited = new Promise((resolve) =>
-    child.on('exit', (code, signal) =>
-      resolve({ code, signal, status: code ?? 128 + (SIGNUM[signal] || 0), stderr }),
-    ),
-  )
-  const next = (name, timeoutMs = 15000) => {
-    const seen = events.find((e) => e.event === name)
-    if (seen) return Promise.resolve(seen)
-    return new Promise((resolve, reject) => {
-      const w = { name, resolve }
-      waiters.push(w)
-      const t = setTimeout(
-        () => reject(new Error(`agent: no '${name}' within ${timeoutMs} ms; events ${JSON.stringify(events)}; stderr ${stderr}`)),
-        timeoutMs,
-      )
-      exited.then((x) => {
-        setTimeout(() => {
-          clearTimeout(t)
-          reject(new Error(`agent ended (${JSON.stringify(x)}) before '${name}'; events ${JSON.stringify(events)}`))
-        }, 50)
-      })
-      w.resolve = (ev) => {
-        clearTimeout(t)
-        resolve(ev)
-      }
-    })
-  }
-  return { child, events, next, exited, stderr: () => stderr }
+  const a = startFixture(tb, AGENT, { env: { BW_AGENT: JSON.stringify(plan), ...env }, tmp })
+  const exited = a.exited.then((x) => ({ ...x, stderr: a.stderr() }))
+  return { child: a.child, events: a.events, next: a.next, exited, stderr: a.stderr }
 }
 
 /** Run the agent to its end; returns { events, exit }. */
@@ -81,10 +38,6 @@ async function runAgent(tb, plan, opts) {
 async function linkExists(tb, name) {
   const r = await tb.execCli('ip', ['-o', 'link', 'show', 'dev', name])
   return r.code === 0
-}
-
-function resolvConfPath(tb) {
-  return `/etc/netns/${tb.cliNs}/resolv.conf`
 }
 
 /** What a user would check after a tunnel is gone: interface, rules, nft table, key file,
@@ -103,16 +56,8 @@ async function assertClean(tb, name, tmp, originalResolv) {
   if (originalResolv !== undefined) {
     assert.equal(fs.readFileSync(resolvConfPath(tb), 'utf8'), originalResolv, 'resolv.conf not restored')
   }
-  const pids = (await tb.execCli('ip', ['netns', 'pids', tb.cliNs])).stdout.split(/\s+/).filter(Boolean)
-  const live = pids.filter((p) => {
-    try {
-      return !/\) Z /.test(fs.readFileSync(`/proc/${p}/stat`, 'utf8'))
-    } catch {
-      return false
-    }
-  })
-  // `ip netns pids` itself runs outside the namespace; anything listed is a leftover.
-  assert.deepEqual(live, [], `processes left in ${tb.cliNs}: ${live.map((p) => fs.readFileSync(`/proc/${p}/cmdline`, 'utf8')).join(' | ')}`)
+  const live = await cliProcs(tb)
+  assert.deepEqual(live, [], `processes left in ${tb.cliNs}: ${live.map((p) => p.cmd).join(' | ')}`)
 }
 
 

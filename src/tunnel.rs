@@ -182,8 +182,6 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
                 ),
             ));
         }
-        confdir::shred(&conf);
-        owner::remove(&name);
         mark(
             "converge",
             &format!("removed a leftover {name}"),
