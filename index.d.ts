@@ -33,6 +33,14 @@ export interface Availability {
  */
 export declare function cleanupOwnTunnelsSync(): void
 
+/** What `emergencyCleanupSync` did. */
+export interface CleanupReport {
+  /** One teardown report per tunnel removed (this process's, and dead owners'). */
+  removed: Array<TeardownReport>
+  /** Directories or files that were not trusted and therefore not read, and why. */
+  warnings: Array<string>
+}
+
 /** The private config directory: `<os temp dir>/sentinel-wg` (honours `TMPDIR`). */
 export declare function configDir(): string
 
@@ -71,7 +79,10 @@ export interface ConnectOptions {
  * rules, key file, ownership record and watchdog removed. Resolves with the teardown report
  * (check `gone`), or null when there was nothing to take down. Idempotent. Rejects with
  * `WG_NAME_IN_USE` for a tunnel another live process owns (`teardownLinuxInterface` is the
- * explicit tool for that).
+ * explicit tool for that), `WG_NAME_IN_USE` for an interface that is not WireGuard (never
+ * deleted), `WG_CONFIG_DIR_UNSAFE` when the state directory cannot be trusted (nothing in it
+ * is read), `INVALID_OPTIONS` for a name that is not a string or not an interface name.
+ * Runs after every `connect`/`disconnect` called before it, awaited or not.
  */
 export declare function disconnect(name?: string | undefined | null): Promise<TeardownReport | null>
 
@@ -80,8 +91,10 @@ export declare function disconnect(name?: string | undefined | null): Promise<Te
  * records and key files). Never touches a tunnel whose owner is alive, nor an interface
  * without an ownership record. Synchronous, never throws, safe in exit handlers; no
  * subprocess when there is nothing to remove.
+ * Returns what was removed and, in `warnings`, anything it refused to read (e.g. a
+ * `sentinel-wg` directory another user created).
  */
-export declare function emergencyCleanupSync(): void
+export declare function emergencyCleanupSync(): CleanupReport
 
 /**
  * The node's side of the tunnel.

@@ -53,6 +53,7 @@ async function assertClean(tb, name, tmp, originalResolv) {
   const dir = path.join(tmp, 'sentinel-wg')
   const left = fs.existsSync(dir) ? fs.readdirSync(dir) : []
   assert.deepEqual(left, [], `files left in ${dir}`)
+  assert.deepEqual(stateFiles(tb, name), [], `state files left for ${name} in ${stateDir(tb)}`)
   if (originalResolv !== undefined) {
     assert.equal(fs.readFileSync(resolvConfPath(tb), 'utf8'), originalResolv, 'resolv.conf not restored')
   }
@@ -154,6 +155,8 @@ async function leftovers(tb, { names, tmp, original, files = 'all', keepPids = [
   } catch {}
   if (files === 'named') entries = entries.filter((f) => names.some((n) => f.startsWith(`${n}.`)))
   if (entries.length) problems.push(`files in ${dir}: ${entries.join(' ')}`)
+  const state = names.flatMap((n) => stateFiles(tb, n))
+  if (state.length) problems.push(`state files: ${state.join(' ')}`)
   if (original !== undefined && fs.readFileSync(resolvConfPath(tb), 'utf8') !== original) {
     problems.push('resolv.conf is not the original')
   }
@@ -193,6 +196,21 @@ async function waitClean(tb, { t0 = performance.now(), boundMs = 3000, everyMs =
   }
 }
 
+/** blue-wireguard's state directory for the cli namespace (records, locks, DNS state):
+ *  `/run/blue-wireguard/net-<inode>` (src/state.rs); testbed.sh down removes it. */
+function stateDir(tb) {
+  return path.join('/run/blue-wireguard', `net-${nsInode(tb)}`)
+}
+
+/** Files of tunnel `name` in the state dir other than its lock file (which is kept). */
+function stateFiles(tb, name) {
+  try {
+    return fs.readdirSync(stateDir(tb)).filter((f) => f.startsWith(`${name}.`) && f !== `${name}.lock`)
+  } catch {
+    return []
+  }
+}
+
 /** The `.owner` record text exactly as owner.rs `render` writes it. */
 function renderRecord(r) {
   return [
@@ -200,6 +218,7 @@ function renderRecord(r) {
     `pid=${r.pid}`,
     `start_time=${r.startTime}`,
     `netns=${r.netns}`,
+    ...(r.netnsCookie !== undefined ? [`netns_cookie=${r.netnsCookie}`] : []),
     `conf_path=${r.confPath}`,
     `backend=${r.backend ?? 'wg-quick'}`,
     `full_tunnel=${!!r.fullTunnel}`,
@@ -224,5 +243,5 @@ async function killAgent(a) {
 module.exports = {
   tmpdir, startAgent, runAgent, linkExists, assertClean, resolvConfPath, SIGNUM,
   sleep, nsInode, procState, procGone, procStartTime, procStatus, nsProcesses, ifindex, leftovers, waitClean,
-  renderRecord, parseRecord, killAgent,
+  renderRecord, parseRecord, killAgent, stateDir, stateFiles,
 }

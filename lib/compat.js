@@ -40,15 +40,21 @@ function nameOf(confPath) {
   return path.basename(String(confPath)).replace(/\.conf$/, '')
 }
 
-/** Zero-fill, sync and delete a file; a missing file or a link is only unlinked. */
+/** Zero-fill, sync and delete a file; a missing file or a link is only unlinked. The bytes
+ *  are only overwritten when the opened file is a regular file of ours with one link: a file
+ *  swapped in by another user (or a hard link to someone else's file) is never written. */
 function shredSync(file) {
   let fd
   try {
     const st = fs.lstatSync(file)
     if (st.isFile()) {
-      fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_NOFOLLOW)
-      fs.writeSync(fd, Buffer.alloc(st.size))
-      fs.fsyncSync(fd)
+      fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK)
+      const opened = fs.fstatSync(fd)
+      const ours = typeof process.geteuid !== 'function' || opened.uid === process.geteuid()
+      if (opened.isFile() && ours && opened.nlink === 1) {
+        fs.writeSync(fd, Buffer.alloc(opened.size))
+        fs.fsyncSync(fd)
+      }
     }
   } catch {
     // best effort: the unlink below is what matters

@@ -6,7 +6,7 @@
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, WgError};
@@ -42,8 +42,7 @@ pub fn conf_path(name: &str) -> PathBuf {
 }
 
 pub fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    crate::trust::euid()
 }
 
 /// Create the directory 0700, or check that the existing one is safe. Returns its path.
@@ -62,32 +61,15 @@ pub fn ensure_private_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Refuse a directory another local user could read or have planted.
+/// Refuse a directory another local user could read or have planted: checked on its opened
+/// descriptor, and every directory above it (see `trust`).
 pub fn check_private_dir(dir: &Path) -> Result<()> {
-    let unsafe_dir = |reason: String| WgError::ConfigDirUnsafe {
-        path: dir.display().to_string(),
-        reason,
-    };
-    let meta = fs::symlink_metadata(dir)
-        .map_err(|e| WgError::io(format!("cannot stat {}", dir.display()), &e))?;
-    if meta.file_type().is_symlink() {
-        return Err(unsafe_dir("it is a symbolic link".into()));
-    }
-    if !meta.is_dir() {
-        return Err(unsafe_dir("it is not a directory".into()));
-    }
-    if meta.uid() != euid() {
-        return Err(unsafe_dir(format!(
-            "it is owned by uid {}, not by us (uid {})",
-            meta.uid(),
-            euid()
-        )));
-    }
-    let mode = meta.mode() & 0o7777;
-    if mode != 0o700 {
-        return Err(unsafe_dir(format!("its mode is {mode:o}, not 700")));
-    }
-    Ok(())
+    crate::trust::open_private_dir(dir)
+        .map(|_| ())
+        .map_err(|why| WgError::ConfigDirUnsafe {
+            path: dir.display().to_string(),
+            reason: why.0,
+        })
 }
 
 /// Write `contents` to `path`, created 0600 and exclusively, never through a link.
@@ -111,7 +93,9 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<()> {
 }
 
 /// Zero-fill, sync and delete a file. A symbolic link is unlinked without touching its
-/// target. Returns true when something was removed. Never fails.
+/// target; a file that is not ours alone (another owner, several hard links, not a regular
+/// file) is unlinked without being written. Returns true when something was removed. Never
+/// fails. Callers only pass paths in directories they have checked.
 pub fn shred(path: &Path) -> bool {
     let Ok(meta) = fs::symlink_metadata(path) else {
         return false;
@@ -119,10 +103,15 @@ pub fn shred(path: &Path) -> bool {
     if meta.is_file() {
         if let Ok(mut f) = OpenOptions::new()
             .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(path)
         {
-            let _ = zero_fill(&mut f, meta.len());
+            let ours = f
+                .metadata()
+                .is_ok_and(|m| crate::trust::check_file(&m, "").is_ok());
+            if ours {
+                let _ = zero_fill(&mut f, meta.len());
+            }
         }
     }
     fs::remove_file(path).is_ok()
@@ -142,6 +131,7 @@ fn zero_fill(f: &mut File, len: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn private_file_is_0600_and_shred_removes_it() {

@@ -300,6 +300,7 @@ pub struct ConnectTask {
     raw: std::result::Result<Source, WgError>,
     progress: Option<Progress>,
     env_id: u64,
+    ticket: Option<registry::Ticket>,
 }
 
 impl Task for ConnectTask {
@@ -307,6 +308,19 @@ impl Task for ConnectTask {
     type JsValue = TunnelInfo;
 
     fn compute(&mut self) -> Result<Self::Output> {
+        match self.ticket.take() {
+            Some(t) => t.run(|| self.connect()),
+            None => self.connect(),
+        }
+    }
+
+    fn resolve(&mut self, env: Env, output: Self::Output) -> Result<TunnelInfo> {
+        resolve_info(&env, output)
+    }
+}
+
+impl ConnectTask {
+    fn connect(&mut self) -> Result<std::result::Result<tunnel::TunnelInfo, WgError>> {
         let raw = match std::mem::replace(&mut self.raw, Err(WgError::invalid("config", "used"))) {
             Ok(Source::Config(r)) => *r,
             Ok(Source::File(path)) => match tunnel::read_config_file(&path) {
@@ -343,9 +357,14 @@ impl Task for ConnectTask {
         let _ = cv.wait_timeout_while(count, PROGRESS_FLUSH_BOUND, |n| *n < emitted.get());
         Ok(result)
     }
+}
 
-    fn resolve(&mut self, env: Env, output: Self::Output) -> Result<TunnelInfo> {
-        let i = output.map_err(|e| js_error(&env, &e))?;
+fn resolve_info(
+    env: &Env,
+    output: std::result::Result<tunnel::TunnelInfo, WgError>,
+) -> Result<TunnelInfo> {
+    let i = output.map_err(|e| js_error(env, &e))?;
+    {
         Ok(TunnelInfo {
             name: i.name,
             config_path: i.config_path,
@@ -396,10 +415,32 @@ pub fn connect(config: Unknown, options: Option<Unknown>) -> Result<AsyncTask<Co
     ts_return_type = "Promise<TunnelInfo>"
 )]
 pub fn connect_config_file(
-    conf_path: String,
+    conf_path: Unknown,
     options: Option<Unknown>,
 ) -> Result<AsyncTask<ConnectTask>> {
-    connect_task(Ok(Source::File(PathBuf::from(conf_path))), options)
+    let source = match string_arg(Some(&conf_path), "confPath") {
+        Ok(Some(p)) => Ok(Source::File(PathBuf::from(p))),
+        Ok(None) => Err(WgError::invalid("confPath", "is required")),
+        Err(e) => Err(e),
+    };
+    connect_task(source, options)
+}
+
+/// An optional string argument: `undefined`/`null` -> None; anything but a string ->
+/// `INVALID_OPTIONS` naming the argument.
+fn string_arg(v: Option<&Unknown>, field: &str) -> std::result::Result<Option<String>, WgError> {
+    let Some(v) = v else { return Ok(None) };
+    match v.get_type() {
+        Ok(ValueType::Undefined | ValueType::Null) => Ok(None),
+        Ok(ValueType::String) => unsafe { v.cast::<String>() }
+            .map(Some)
+            .map_err(|_| WgError::invalid(field, "must be a string")),
+        Ok(t) => Err(WgError::invalid(
+            field,
+            format!("must be a string, not {}", format!("{t:?}").to_lowercase()),
+        )),
+        Err(_) => Err(WgError::invalid(field, "must be a string")),
+    }
 }
 
 fn connect_task(
@@ -436,11 +477,13 @@ fn connect_task(
         raw,
         progress,
         env_id: ENV_ID.with(|c| c.get()),
+        ticket: Some(registry::Ticket::take()),
     }))
 }
 
 pub struct DisconnectTask {
-    name: Option<String>,
+    name: std::result::Result<Option<String>, WgError>,
+    ticket: Option<registry::Ticket>,
 }
 
 impl Task for DisconnectTask {
@@ -448,7 +491,12 @@ impl Task for DisconnectTask {
     type JsValue = Option<TeardownReport>;
 
     fn compute(&mut self) -> Result<Self::Output> {
-        Ok(tunnel::disconnect(self.name.as_deref()))
+        let name = std::mem::replace(&mut self.name, Ok(None));
+        let run = || name.and_then(|n| tunnel::disconnect(n.as_deref()));
+        Ok(match self.ticket.take() {
+            Some(t) => t.run(run),
+            None => run(),
+        })
     }
 
     fn resolve(&mut self, env: Env, output: Self::Output) -> Result<Self::JsValue> {
@@ -460,10 +508,19 @@ impl Task for DisconnectTask {
 /// rules, key file, ownership record and watchdog removed. Resolves with the teardown report
 /// (check `gone`), or null when there was nothing to take down. Idempotent. Rejects with
 /// `WG_NAME_IN_USE` for a tunnel another live process owns (`teardownLinuxInterface` is the
-/// explicit tool for that).
-#[napi(ts_return_type = "Promise<TeardownReport | null>")]
-pub fn disconnect(name: Option<String>) -> AsyncTask<DisconnectTask> {
-    AsyncTask::new(DisconnectTask { name })
+/// explicit tool for that), `WG_NAME_IN_USE` for an interface that is not WireGuard (never
+/// deleted), `WG_CONFIG_DIR_UNSAFE` when the state directory cannot be trusted (nothing in it
+/// is read), `INVALID_OPTIONS` for a name that is not a string or not an interface name.
+/// Runs after every `connect`/`disconnect` called before it, awaited or not.
+#[napi(
+    ts_args_type = "name?: string | undefined | null",
+    ts_return_type = "Promise<TeardownReport | null>"
+)]
+pub fn disconnect(name: Option<Unknown>) -> AsyncTask<DisconnectTask> {
+    AsyncTask::new(DisconnectTask {
+        name: string_arg(name.as_ref(), "name"),
+        ticket: Some(registry::Ticket::take()),
+    })
 }
 
 /// Remove interface `name` in three escalating steps (`wg-quick down <confPath>`,
@@ -493,9 +550,24 @@ pub fn teardown_linux_interface(name: Unknown, conf_path: Option<Unknown>) -> Te
 /// records and key files). Never touches a tunnel whose owner is alive, nor an interface
 /// without an ownership record. Synchronous, never throws, safe in exit handlers; no
 /// subprocess when there is nothing to remove.
+/// Returns what was removed and, in `warnings`, anything it refused to read (e.g. a
+/// `sentinel-wg` directory another user created).
 #[napi]
-pub fn emergency_cleanup_sync() {
-    registry::emergency_cleanup();
+pub fn emergency_cleanup_sync() -> CleanupReport {
+    let r = registry::emergency_cleanup();
+    CleanupReport {
+        removed: r.reports.into_iter().map(Into::into).collect(),
+        warnings: r.warnings,
+    }
+}
+
+/// What `emergencyCleanupSync` did.
+#[napi(object)]
+pub struct CleanupReport {
+    /// One teardown report per tunnel removed (this process's, and dead owners').
+    pub removed: Vec<TeardownReport>,
+    /// Directories or files that were not trusted and therefore not read, and why.
+    pub warnings: Vec<String>,
 }
 
 /// Remove only the tunnels this process brought up (what the exit hooks run).
@@ -506,8 +578,9 @@ pub fn cleanup_own_tunnels_sync() {
 }
 
 /// The kernel's view of `name` (default: this process's latest tunnel, else `wgsent0`).
-#[napi]
-pub fn status(env: Env, name: Option<String>) -> Result<TunnelStatus> {
+#[napi(ts_args_type = "name?: string | undefined | null")]
+pub fn status(env: Env, name: Option<Unknown>) -> Result<TunnelStatus> {
+    let name = string_arg(name.as_ref(), "name").map_err(|e| js_error(&env, &e))?;
     let s = tunnel::status(name.as_deref()).map_err(|e| js_error(&env, &e))?;
     Ok(TunnelStatus {
         name: s.name,

@@ -12,7 +12,9 @@ pub mod error;
 pub mod netdev;
 pub mod owner;
 pub mod registry;
+pub mod state;
 pub mod teardown;
+pub mod trust;
 pub mod tunnel;
 pub mod watchdog;
 

@@ -112,12 +112,28 @@ pub fn driver(name: &str) -> Option<String> {
 }
 
 /// True when `name` is a WireGuard interface: the kernel's, or a TUN device served by a
-/// userspace implementation (its control socket exists). Connect replaces only these.
+/// userspace implementation (its control socket exists). Only these are ever replaced or
+/// deleted by name.
 pub fn is_wireguard(name: &str) -> bool {
     match driver(name).as_deref() {
         Some("wireguard") => true,
-        Some("tun") => std::path::Path::new(&format!("/var/run/wireguard/{name}.sock")).exists(),
+        Some("tun") => userspace_socket(name),
         _ => false,
+    }
+}
+
+/// wireguard-go's (and other UAPI implementations') control socket for `name`: a socket in
+/// `/var/run/wireguard` owned by root or us, in a directory only root and we can change, so
+/// no other user can make a TUN device of theirs pass for WireGuard.
+pub fn userspace_socket(name: &str) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok((dir, _)) = crate::trust::open_dir_chain(std::path::Path::new("/run/wireguard")) else {
+        return false;
+    };
+    drop(dir);
+    match std::fs::symlink_metadata(format!("/run/wireguard/{name}.sock")) {
+        Ok(m) => m.file_type().is_socket() && (m.uid() == 0 || m.uid() == crate::trust::euid()),
+        Err(_) => false,
     }
 }
 

@@ -1,26 +1,22 @@
 //! Ownership records: who owns which tunnel, so a new process can tell a live agent's tunnel
 //! from a dead one's, and sweep only the latter.
 //!
-//! `<configDir>/<name>.owner` is written (exclusively) before the interface exists and removed
-//! after it is gone. It names the owner by pid *and* process start time, so a reused pid is
-//! not mistaken for the owner, and the network namespace, so a sweep in one namespace never
-//! judges a tunnel in another. Records are changed only under `DirLock`, a `flock` on the
-//! config directory shared by every process (and watchdog) using it.
+//! `<state dir>/<name>.owner` (see `state`: one directory per network namespace, independent
+//! of `TMPDIR`) is written (exclusively) before the interface exists and removed after it is
+//! gone. It names the owner by pid *and* process start time, so a reused pid is not mistaken
+//! for the owner, and the network namespace by inode and cookie. The owner holds the name's
+//! `NameLock` for the tunnel's whole life; whoever removes a dead owner's tunnel takes that
+//! lock first, so two cleaners never race and a live owner's tunnel is never touched.
 
 use std::fs;
-use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::cmd;
 use crate::confdir;
 use crate::error::{Result, WgError};
+use crate::state::{Netns, StateDir};
 
 pub const SUFFIX: &str = ".owner";
-/// How long to wait for another process's lifecycle step to release the directory.
-const LOCK_BOUND: Duration = Duration::from_secs(30);
 
 /// One tunnel's ownership record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +25,10 @@ pub struct Record {
     pub pid: u32,
     /// The owner's start time in clock ticks after boot (`/proc/<pid>/stat` field 22).
     pub start_time: u64,
-    /// Inode of the owner's network namespace (`/proc/self/ns/net`).
+    /// Inode of the owner's network namespace.
     pub netns: u64,
+    /// `SO_NETNS_COOKIE` of the owner's network namespace (0: unknown).
+    pub netns_cookie: u64,
     pub conf_path: PathBuf,
     pub backend: String,
     pub full_tunnel: bool,
@@ -49,14 +47,16 @@ pub enum Owner {
     Me(Record),
     /// Another live process.
     Alive(Record),
-    /// A process that is gone (or a reused pid): its tunnel may be swept.
+    /// A process that is gone (or a reused pid): its tunnel may be swept, by whoever takes
+    /// the name's lock.
     Dead(Record),
-    /// A record from another network namespace: not ours to judge.
-    Elsewhere(Record),
+    /// A record of another namespace that had this inode number before (its cookie differs):
+    /// its owner's interfaces were never here. The record is garbage; nothing else is touched.
+    Stranger(Record),
 }
 
-pub fn record_path(name: &str) -> PathBuf {
-    confdir::config_dir().join(format!("{name}{SUFFIX}"))
+pub fn record_file(name: &str) -> String {
+    format!("{name}{SUFFIX}")
 }
 
 /// Start time of `pid` (clock ticks after boot), or None when it does not exist or is a
@@ -86,12 +86,6 @@ pub fn my_start_time() -> u64 {
     start_time(my_pid()).unwrap_or(0)
 }
 
-pub fn netns_id() -> u64 {
-    fs::metadata("/proc/self/ns/net")
-        .map(|m| m.ino())
-        .unwrap_or(0)
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -100,9 +94,10 @@ fn now_ms() -> u64 {
 }
 
 impl Record {
-    /// A record naming this process as the owner of `name`.
+    /// A record naming this process as the owner of `name` in namespace `ns`.
     pub fn mine(
         name: &str,
+        ns: Netns,
         conf_path: &Path,
         backend: &str,
         full_tunnel: bool,
@@ -112,7 +107,8 @@ impl Record {
             name: name.to_string(),
             pid: my_pid(),
             start_time: my_start_time(),
-            netns: netns_id(),
+            netns: ns.inode,
+            netns_cookie: ns.cookie,
             conf_path: conf_path.to_path_buf(),
             backend: backend.to_string(),
             full_tunnel,
@@ -124,11 +120,12 @@ impl Record {
 
     fn render(&self) -> String {
         format!(
-            "name={}\npid={}\nstart_time={}\nnetns={}\nconf_path={}\nbackend={}\nfull_tunnel={}\ndns={}\nwatchdog_pid={}\ncreated_unix_ms={}\n",
+            "name={}\npid={}\nstart_time={}\nnetns={}\nnetns_cookie={}\nconf_path={}\nbackend={}\nfull_tunnel={}\ndns={}\nwatchdog_pid={}\ncreated_unix_ms={}\n",
             self.name,
             self.pid,
             self.start_time,
             self.netns,
+            self.netns_cookie,
             self.conf_path.display(),
             self.backend,
             self.full_tunnel,
@@ -150,6 +147,9 @@ impl Record {
             pid: get("pid")?.parse().ok()?,
             start_time: get("start_time")?.parse().ok()?,
             netns: get("netns")?.parse().ok()?,
+            netns_cookie: get("netns_cookie")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0),
             conf_path: PathBuf::from(get("conf_path")?),
             backend: get("backend").unwrap_or("").to_string(),
             full_tunnel: get("full_tunnel") == Some("true"),
@@ -174,9 +174,11 @@ impl Record {
         alive(self.pid, self.start_time)
     }
 
-    fn classify(self) -> Owner {
-        if self.netns != netns_id() {
-            Owner::Elsewhere(self)
+    fn classify(self, ns: Netns) -> Owner {
+        let cookie_differs =
+            self.netns_cookie != 0 && ns.cookie != 0 && self.netns_cookie != ns.cookie;
+        if self.netns != ns.inode || cookie_differs {
+            Owner::Stranger(self)
         } else if self.is_mine() {
             Owner::Me(self)
         } else if self.owner_alive() {
@@ -187,91 +189,61 @@ impl Record {
     }
 }
 
-pub fn read(name: &str) -> Option<Record> {
-    Record::parse(&fs::read_to_string(record_path(name)).ok()?)
+pub fn read(dir: &StateDir, name: &str) -> Option<Record> {
+    let bytes = dir.read(&record_file(name))?;
+    Record::parse(std::str::from_utf8(&bytes).ok()?)
 }
 
-pub fn owner_of(name: &str) -> Owner {
-    match read(name) {
+pub fn owner_of(dir: &StateDir, name: &str) -> Owner {
+    match read(dir, name) {
         None => Owner::Nobody,
-        Some(r) => r.classify(),
+        Some(r) => r.classify(dir.netns),
     }
 }
 
 /// Write the record exclusively. Fails with `WG_NAME_IN_USE` when a live process owns the
-/// name; a dead owner's record must have been swept first (caller holds `DirLock`).
-pub fn claim(rec: &Record) -> Result<()> {
-    if let Owner::Alive(other) = owner_of(&rec.name) {
+/// name. The caller holds the name's lock.
+pub fn claim(dir: &StateDir, rec: &Record) -> Result<()> {
+    if let Owner::Alive(other) = owner_of(dir, &rec.name) {
         return Err(WgError::NameInUse {
             name: rec.name.clone(),
             pid: other.pid,
         });
     }
-    confdir::write_private_file(&record_path(&rec.name), rec.render().as_bytes())
+    confdir::write_private_file(&dir.file(&record_file(&rec.name)), rec.render().as_bytes())
 }
 
 /// Remove the record of `name` with a single `unlink`, so it is either whole or gone. A record
 /// holds no secret; zero-filling it first (like a key file) left a window, between the
 /// zero-fill and the unlink, in which a SIGKILLed owner left an unreadable record that neither
 /// its watchdog nor any sweep would ever remove.
-pub fn remove(name: &str) {
-    let _ = fs::remove_file(record_path(name));
+pub fn remove(dir: &StateDir, name: &str) {
+    let _ = fs::remove_file(dir.file(&record_file(name)));
 }
 
 /// True when `name` has a record file that does not parse: one cut short by a SIGKILL between
-/// its creation and its write in `claim`. Records are only written under `DirLock`, so under
-/// the lock an unreadable record is never a live writer's.
-pub fn unreadable(name: &str) -> bool {
-    fs::symlink_metadata(record_path(name)).is_ok() && read(name).is_none()
+/// its creation and its write in `claim`. Records are only written under the name's lock, so
+/// with the lock held an unreadable record is never a live writer's.
+pub fn unreadable(dir: &StateDir, name: &str) -> bool {
+    fs::symlink_metadata(dir.file(&record_file(name))).is_ok() && read(dir, name).is_none()
 }
 
-/// Every readable record in the config directory.
-pub fn list() -> Vec<Record> {
-    let Ok(rd) = fs::read_dir(confdir::config_dir()) else {
-        return Vec::new();
-    };
-    rd.filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(SUFFIX))
-        .filter_map(|e| Record::parse(&fs::read_to_string(e.path()).ok()?))
+/// Names with a record file (readable or not) in the state directory.
+pub fn names(dir: &StateDir) -> Vec<String> {
+    dir.list()
+        .into_iter()
+        .filter_map(|f| f.strip_suffix(SUFFIX).map(String::from))
+        .filter(|n| crate::config::validate_interface_name(n).is_ok())
         .collect()
 }
 
-/// Records of this namespace with their owner's state.
-pub fn list_classified() -> Vec<Owner> {
-    list().into_iter().map(Record::classify).collect()
-}
-
-/// An exclusive `flock` on the config directory, released on drop (or when the holder dies).
-pub struct DirLock {
-    _dir: fs::File,
-}
-
-impl DirLock {
-    /// Take the lock, waiting (bounded) for another process to finish its step. None when the
-    /// directory does not exist (then there is nothing to protect).
-    pub fn acquire() -> Result<Option<DirLock>> {
-        let dir = match fs::File::open(confdir::config_dir()) {
-            Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(WgError::io("cannot open the config directory", &e)),
-        };
-        let fd = dir.as_raw_fd();
-        // SAFETY: flock on a descriptor we own.
-        let got = cmd::wait_until(LOCK_BOUND, || {
-            (unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0).then_some(())
-        });
-        match got {
-            Some(()) => Ok(Some(DirLock { _dir: dir })),
-            None => Err(WgError::setup(
-                "lock",
-                format!(
-                    "another process held {} for more than {:?}",
-                    confdir::config_dir().display(),
-                    LOCK_BOUND
-                ),
-            )),
-        }
-    }
+/// Records of this namespace's directory with their owner's state.
+pub fn list_classified(dir: &StateDir) -> Vec<Owner> {
+    names(dir)
+        .iter()
+        .filter_map(|n| read(dir, n))
+        .map(|r| r.classify(dir.netns))
+        .collect()
 }
 
 #[cfg(test)]
@@ -280,8 +252,10 @@ mod tests {
 
     #[test]
     fn a_record_round_trips_and_identifies_this_process() {
+        let ns = crate::state::netns();
         let r = Record::mine(
             "wgsent3",
+            ns,
             Path::new("/tmp/x/wgsent3.conf"),
             "wg-quick",
             true,
@@ -290,19 +264,22 @@ mod tests {
         assert!(r.is_mine() && r.owner_alive());
         let back = Record::parse(&r.render()).unwrap();
         assert_eq!(back, r);
-        assert!(matches!(back.classify(), Owner::Me(_)));
+        assert!(matches!(back.classify(ns), Owner::Me(_)));
     }
 
     #[test]
     fn a_reused_pid_with_another_start_time_is_dead() {
-        let mut r = Record::mine("wgsent3", Path::new("/x"), "wg-quick", false, vec![]);
+        let ns = crate::state::netns();
+        let mut r = Record::mine("wgsent3", ns, Path::new("/x"), "wg-quick", false, vec![]);
         r.start_time += 1; // same pid, different process
         assert!(!r.owner_alive());
-        assert!(matches!(r.clone().classify(), Owner::Dead(_)));
+        assert!(matches!(r.clone().classify(ns), Owner::Dead(_)));
         r.pid = 0x7fff_fff0; // no such pid
         assert!(!r.owner_alive());
+        r.netns_cookie = ns.cookie.wrapping_add(1);
+        assert!(matches!(r.clone().classify(ns), Owner::Stranger(_)));
         r.netns += 1;
-        assert!(matches!(r.classify(), Owner::Elsewhere(_)));
+        assert!(matches!(r.classify(ns), Owner::Stranger(_)));
     }
 
     #[test]

@@ -2,16 +2,25 @@
 //! `disconnect`, `emergencyCleanupSync`, the exit hooks, the converge step of `connect`, the
 //! rollback of a failed `connect`, the sweep of dead owners and the watchdog all end in
 //! `cleanup_locked`.
+//!
+//! Locks, and why none of them can stall an exit:
+//! - `OP`, this process's lifecycle mutex: lifecycle calls from JavaScript are also *ordered*
+//!   (`Ticket`), so a `disconnect()` issued before an un-awaited `connect()` settles runs after
+//!   it. Exit paths wait for `OP` at most `EXIT_BOUND`, and not at all when this process has
+//!   no tunnel.
+//! - one `NameLock` per tunnel name (see `state`), held by the owner for the tunnel's life and
+//!   taken by whoever removes a dead owner's tunnel. Nothing ever waits on the lock of a name
+//!   a live process owns: a sweep only *tries* locks, and skips names it cannot have.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::cmd;
 use crate::confdir;
 use crate::dns;
-use crate::netdev;
-use crate::owner::{self, DirLock, Owner};
+use crate::owner::{self, Owner};
+use crate::state::{NameLock, StateDir};
 use crate::teardown::{self, TeardownReport};
 use crate::watchdog::Watchdog;
 
@@ -26,32 +35,119 @@ pub struct Active {
     /// The JavaScript environment (main thread or worker) that connected it.
     pub owner: u64,
     pub watchdog: Option<Arc<Watchdog>>,
+    /// Held for the tunnel's life: released (after the record is removed) when it goes.
+    pub lock: Arc<NameLock>,
 }
 
 static ACTIVE: Mutex<Vec<Active>> = Mutex::new(Vec::new());
-/// Serialises lifecycle operations in this process: an exit hook that fires during a
-/// `connect` waits for its bring-up to finish (bounded by the subprocess timeouts) and then
-/// removes it.
+/// Serialises lifecycle operations in this process.
 static OP: Mutex<()> = Mutex::new(());
 /// A key file without a record is left alone this long: its writer may still be at work.
 const ORPHAN_AGE: Duration = Duration::from_secs(10);
+/// The longest an exit path waits for this process's own lifecycle mutex.
+pub const EXIT_BOUND: Duration = Duration::from_secs(3);
+/// The longest the watchdog waits for a dead owner's name lock (a sweeper may hold it).
+const DEAD_OWNER_LOCK_BOUND: Duration = Duration::from_secs(3);
 
 fn lock_mutex<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Held while changing tunnels: this process's lifecycle mutex, then the config directory's
-/// cross-process lock (when the directory exists).
+/// Held while changing tunnels: this process's lifecycle mutex (None when an exit path gave
+/// up waiting for it).
 pub struct Guard {
-    _dir: Option<DirLock>,
-    _op: MutexGuard<'static, ()>,
+    _op: Option<MutexGuard<'static, ()>>,
 }
 
+/// The lifecycle mutex, waiting as long as it takes (the holder's steps are all bounded).
 pub fn lock() -> Guard {
-    let op = lock_mutex(&OP);
-    // A lock that cannot be had within its bound is not worth hanging an exit path over.
-    let dir = DirLock::acquire().ok().flatten();
-    Guard { _dir: dir, _op: op }
+    Guard {
+        _op: Some(lock_mutex(&OP)),
+    }
+}
+
+/// The lifecycle mutex for an exit path: waits at most `EXIT_BOUND`, then goes on without it.
+pub fn lock_for_exit() -> Guard {
+    let got = cmd::wait_until(EXIT_BOUND, || match OP.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    });
+    Guard { _op: got }
+}
+
+/// Call order of lifecycle operations from JavaScript: each async call takes a ticket on the
+/// JS thread when it is made, and runs only after every earlier ticket has finished (or was
+/// dropped unrun, e.g. when its environment was torn down first).
+pub struct Ticket {
+    n: u64,
+    done: bool,
+}
+
+struct Tickets {
+    next: u64,
+    serving: u64,
+    /// Tickets dropped before their turn: skipped when their turn comes.
+    abandoned: Vec<u64>,
+}
+
+static TICKETS: Mutex<Tickets> = Mutex::new(Tickets {
+    next: 0,
+    serving: 0,
+    abandoned: Vec::new(),
+});
+static TICKET_CV: Condvar = Condvar::new();
+
+impl Tickets {
+    fn advance(&mut self) {
+        self.serving += 1;
+        while let Some(i) = self.abandoned.iter().position(|n| *n == self.serving) {
+            self.abandoned.swap_remove(i);
+            self.serving += 1;
+        }
+        TICKET_CV.notify_all();
+    }
+}
+
+impl Ticket {
+    pub fn take() -> Ticket {
+        let mut t = lock_mutex(&TICKETS);
+        let n = t.next;
+        t.next += 1;
+        Ticket { n, done: false }
+    }
+
+    /// Wait for this ticket's turn, run `f`, then let the next one go.
+    pub fn run<R>(mut self, f: impl FnOnce() -> R) -> R {
+        let mut t = lock_mutex(&TICKETS);
+        while t.serving != self.n {
+            t = TICKET_CV.wait(t).unwrap_or_else(|p| p.into_inner());
+        }
+        drop(t);
+        self.done = true;
+        struct Next;
+        impl Drop for Next {
+            fn drop(&mut self) {
+                lock_mutex(&TICKETS).advance();
+            }
+        }
+        let _next = Next;
+        f()
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut t = lock_mutex(&TICKETS);
+        if t.serving == self.n {
+            t.advance();
+        } else {
+            t.abandoned.push(self.n);
+        }
+    }
 }
 
 pub fn insert(a: Active) {
@@ -73,105 +169,281 @@ pub fn names() -> Vec<String> {
     lock_mutex(&ACTIVE).iter().map(|a| a.name.clone()).collect()
 }
 
-/// THE cleanup routine (caller holds `lock()`): undo DNS, take the interface down with
-/// teardownLinuxInterface (which removes the key file once the interface is gone), then drop
-/// the ownership record, dismiss the watchdog and forget the tunnel. Undoes bring-up in
-/// reverse order. While the tunnel has a watchdog, its commands run through it, so a death
+/// Does tunnel `name` of this namespace still have a live owner (this process or another)?
+pub fn is_live(dir: &StateDir, name: &str) -> bool {
+    match owner::owner_of(dir, name) {
+        Owner::Me(_) => get(name).is_some(),
+        Owner::Alive(_) => true,
+        _ => false,
+    }
+}
+
+/// THE cleanup routine. The caller holds `lock()` (or gave up on it on an exit path) and the
+/// name: either this process owns the tunnel (its lock is in `ACTIVE`) or the caller took
+/// the name's lock. Undoes bring-up in reverse order: DNS, the interface (teardown, which
+/// removes the key file once the interface is gone), the ownership record, the watchdog, the
+/// name lock. While the tunnel has a watchdog, its commands run through it, so a death
 /// mid-teardown is finished by the watchdog. Never fails.
-pub fn cleanup_locked(name: &str, conf: Option<&Path>) -> TeardownReport {
+pub fn cleanup_locked(dir: &StateDir, name: &str, conf: Option<&Path>) -> TeardownReport {
     let active = get(name);
+    let record = owner::read(dir, name);
     let conf = conf
         .map(Path::to_path_buf)
         .or_else(|| active.as_ref().map(|a| a.conf_path.clone()))
+        .or_else(|| record.as_ref().map(|r| r.conf_path.clone()))
         .unwrap_or_else(|| confdir::conf_path(name));
+    let full_tunnel = record.as_ref().is_some_and(|r| r.full_tunnel)
+        || active.as_ref().is_some_and(|a| a.full_tunnel);
     let watchdog = active.and_then(|a| a.watchdog);
     let delegate = watchdog.clone().map(|w| w as Arc<dyn cmd::Delegate>);
-    let report = cmd::with_delegate(delegate, || {
-        dns::restore(name);
-        teardown::teardown_linux_interface(name, Some(&conf))
+    let others_live = |other: &str| other != name && is_live(dir, other);
+    let mut report = cmd::with_delegate(delegate, || {
+        dns::restore(&dir.path, dir.netns.inode, name, &others_live);
+        let mut r = teardown::teardown_linux_interface(name, Some(&conf));
+        if r.gone && full_tunnel {
+            // wg-quick's down removes *every* `suppress_prefixlength 0` rule: put them back
+            // for full tunnels of live owners in this namespace.
+            let live_full = owner::list_classified(dir).into_iter().any(|o| match o {
+                Owner::Me(rec) => rec.name != name && rec.full_tunnel && get(&rec.name).is_some(),
+                Owner::Alive(rec) => rec.full_tunnel,
+                _ => false,
+            });
+            if live_full {
+                r.steps.push(teardown::restore_shared_rules());
+            }
+        }
+        r
     });
     if report.gone {
-        if !matches!(owner::owner_of(name), Owner::Alive(_) | Owner::Elsewhere(_)) {
-            owner::remove(name);
+        if !matches!(owner::owner_of(dir, name), Owner::Alive(_)) {
+            owner::remove(dir, name);
         }
+        // Dropping the entry releases this process's name lock (after the record is gone).
         lock_mutex(&ACTIVE).retain(|a| a.name != name);
         if let Some(w) = watchdog {
             w.dismiss();
         }
+    } else if report.existed {
+        report.steps.push(teardown::StepReport::note(
+            "keep",
+            "the interface is still there: its record, key file and watchdog are kept",
+        ));
     }
     report
 }
 
 /// `teardownLinuxInterface`: the explicit tool. A tunnel of this process or of a dead owner
-/// gets the whole cleanup routine (DNS, record, watchdog too); any other interface just the
-/// three teardown steps. Never fails.
+/// gets the whole cleanup routine (DNS, record, watchdog too); a live owner's tunnel is
+/// refused; any other interface gets the three teardown steps (which refuse anything that is
+/// not WireGuard). Never fails.
 pub fn teardown_named(name: &str, conf: Option<&Path>) -> TeardownReport {
     let _g = lock();
-    if get(name).is_some() || matches!(owner::owner_of(name), Owner::Dead(_)) {
-        return cleanup_locked(name, conf);
+    let dir = match StateDir::existing() {
+        Ok(d) => d,
+        Err(e) => {
+            // Nothing of that directory is read; the interface itself can still go.
+            let mut r = teardown::teardown_linux_interface(name, conf);
+            r.steps
+                .push(teardown::StepReport::note("state", &e.to_string()));
+            return r;
+        }
+    };
+    let Some(dir) = dir else {
+        return teardown::teardown_linux_interface(name, conf);
+    };
+    if get(name).is_some() {
+        return cleanup_locked(&dir, name, conf);
     }
-    teardown::teardown_linux_interface(name, conf)
+    match owner::owner_of(&dir, name) {
+        Owner::Alive(r) => TeardownReport::refused(
+            name,
+            &format!(
+                "{name} belongs to live process {}; it was left alone",
+                r.pid
+            ),
+        ),
+        Owner::Dead(_) | Owner::Me(_) => match NameLock::try_acquire(&dir, name) {
+            Ok(Some(_held)) => cleanup_locked(&dir, name, conf),
+            _ => TeardownReport::refused(name, "another process is removing it right now"),
+        },
+        Owner::Nobody | Owner::Stranger(_) => teardown::teardown_linux_interface(name, conf),
+    }
 }
 
-/// Remove every tunnel of this process. What the exit hooks call. Never fails.
+/// Remove every tunnel of this process. What the exit hooks call: returns at once (no lock,
+/// no file read) when this process has none. Never fails.
 pub fn cleanup_owned() -> Vec<TeardownReport> {
-    let _g = lock();
-    names().iter().map(|n| cleanup_locked(n, None)).collect()
+    if names().is_empty() && !in_flight() {
+        return Vec::new();
+    }
+    let _g = lock_for_exit();
+    own_cleanup(|_| true)
+}
+
+fn own_cleanup(which: impl Fn(&Active) -> bool) -> Vec<TeardownReport> {
+    let names: Vec<String> = lock_mutex(&ACTIVE)
+        .iter()
+        .filter(|a| which(a))
+        .map(|a| a.name.clone())
+        .collect();
+    if names.is_empty() {
+        return Vec::new();
+    }
+    match StateDir::existing() {
+        Ok(Some(dir)) => names
+            .iter()
+            .map(|n| cleanup_locked(&dir, n, None))
+            .collect(),
+        // Our own records are gone or their directory was replaced: our tunnels still go
+        // (we know them from memory), without reading anything there.
+        other => {
+            let why = match other {
+                Err(e) => e.to_string(),
+                _ => "the state directory is gone".into(),
+            };
+            names
+                .iter()
+                .map(|n| {
+                    let a = get(n);
+                    let conf = a.as_ref().map(|a| a.conf_path.clone());
+                    let mut r = teardown::teardown_linux_interface(n, conf.as_deref());
+                    r.steps.push(teardown::StepReport::note("state", &why));
+                    if r.gone {
+                        lock_mutex(&ACTIVE).retain(|x| x.name != *n);
+                        if let Some(w) = a.and_then(|a| a.watchdog) {
+                            w.dismiss();
+                        }
+                    }
+                    r
+                })
+                .collect()
+        }
+    }
+}
+
+/// `disconnect` of this process's own tunnel `name` (caller holds `lock()`).
+pub fn cleanup_own(name: &str) -> Option<TeardownReport> {
+    own_cleanup(|a| a.name == name).pop()
+}
+
+/// A connect of this process is running (the exit path then waits for it, bounded).
+fn in_flight() -> bool {
+    OP.try_lock().is_err()
 }
 
 /// Remove the tunnels connected from JavaScript environment `owner` (its napi env cleanup
 /// hook: a worker that ends takes its tunnels with it). Never fails.
 pub fn cleanup_env(owner: u64) -> Vec<TeardownReport> {
-    let _g = lock();
-    let names: Vec<String> = lock_mutex(&ACTIVE)
-        .iter()
-        .filter(|a| a.owner == owner)
-        .map(|a| a.name.clone())
-        .collect();
-    names.iter().map(|n| cleanup_locked(n, None)).collect()
+    if !lock_mutex(&ACTIVE).iter().any(|a| a.owner == owner) {
+        return Vec::new();
+    }
+    let _g = lock_for_exit();
+    own_cleanup(|a| a.owner == owner)
 }
 
-/// The watchdog's work once its owner `pid`/`start` is gone: under the directory lock, and
-/// only if the record still names that dead owner (a new owner may have taken the name).
+/// The watchdog's work once its owner `pid`/`start` is gone: with the name's lock (the dead
+/// owner's is released by the kernel), and only if the record still names that dead owner
+/// (a new owner may have taken the name).
 pub fn cleanup_dead_owner(name: &str, pid: u32, start: u64) -> Option<TeardownReport> {
-    let _g = lock();
-    match owner::owner_of(name) {
+    let dir = StateDir::existing().ok().flatten()?;
+    let _held = NameLock::acquire(&dir, name, DEAD_OWNER_LOCK_BOUND)
+        .ok()
+        .flatten()?;
+    match owner::owner_of(&dir, name) {
         Owner::Dead(r) if r.pid == pid && r.start_time == start => {
-            Some(cleanup_locked(name, Some(&r.conf_path)))
+            Some(cleanup_locked(&dir, name, Some(&r.conf_path)))
         }
         // The owner died inside `claim`, after creating its record and before writing it:
         // nothing else exists yet (the record comes before the interface).
-        Owner::Nobody if owner::unreadable(name) => {
-            owner::remove(name);
+        Owner::Nobody if owner::unreadable(&dir, name) => {
+            owner::remove(&dir, name);
             None
         }
         _ => None,
     }
 }
 
+/// What a sweep did, and what it would not read.
+#[derive(Debug, Default)]
+pub struct SweepReport {
+    pub reports: Vec<TeardownReport>,
+    pub warnings: Vec<String>,
+}
+
 /// Sweep what dead processes left in this namespace (caller holds `lock()`): their tunnels,
-/// DNS changes, records (also unreadable ones), and key files no live owner claims. Never
-/// touches a tunnel whose owner is alive, nor an interface without a record. Cheap (no
-/// subprocess) when there is nothing to remove.
-pub fn sweep_dead_locked() -> Vec<TeardownReport> {
-    let mut reports = Vec::new();
-    for o in owner::list_classified() {
-        if let Owner::Dead(r) = o {
-            reports.push(cleanup_locked(&r.name, Some(&r.conf_path)));
+/// DNS changes and records (also unreadable ones), and key files no live owner claims in the
+/// private config dir. Never touches a tunnel whose owner is alive, a name another process is
+/// working on, nor an interface without a record. Reads nothing from a directory it cannot
+/// trust (the warning says why). Cheap (no subprocess) when there is nothing to remove.
+pub fn sweep_dead_locked(dir: &StateDir) -> SweepReport {
+    let mut out = SweepReport::default();
+    let mut names = owner::names(dir);
+    names.extend(dns::entries(&dir.path));
+    names.sort();
+    names.dedup();
+    for name in names {
+        if get(&name).is_some() {
+            continue;
         }
-    }
-    let Ok(rd) = std::fs::read_dir(confdir::config_dir()) else {
-        return reports;
-    };
-    for entry in rd.filter_map(|e| e.ok()) {
-        let file = entry.file_name().to_string_lossy().into_owned();
-        let Some((name, ext)) = file.rsplit_once('.') else {
+        let o = owner::owner_of(dir, &name);
+        let stale_dns =
+            matches!(o, Owner::Nobody) && dns::pending(&dir.path, dir.netns.inode, &name);
+        let act = matches!(o, Owner::Dead(_) | Owner::Stranger(_))
+            || owner::unreadable(dir, &name)
+            || stale_dns;
+        if !act {
+            continue;
+        }
+        // Only with the name's lock: another process may be at work on it.
+        let Ok(Some(_held)) = NameLock::try_acquire(dir, &name) else {
             continue;
         };
-        if !matches!(ext, "conf" | "dns" | "resolv" | "owner") || get(name).is_some() {
+        match owner::owner_of(dir, &name) {
+            Owner::Dead(r) => out
+                .reports
+                .push(cleanup_locked(dir, &name, Some(&r.conf_path))),
+            Owner::Stranger(_) => owner::remove(dir, &name),
+            Owner::Nobody => {
+                if owner::unreadable(dir, &name) {
+                    owner::remove(dir, &name);
+                }
+                dns::restore(&dir.path, dir.netns.inode, &name, &|o| is_live(dir, o));
+            }
+            _ => {}
+        }
+    }
+    sweep_orphan_keys(&mut out);
+    out
+}
+
+/// Key files in the private config dir whose tunnel has no live owner and no interface: a
+/// crashed run's. Only in a directory that passes the trust checks.
+fn sweep_orphan_keys(out: &mut SweepReport) {
+    let cdir = confdir::config_dir();
+    if !cdir.exists() {
+        return;
+    }
+    if let Err(e) = confdir::check_private_dir(&cdir) {
+        out.warnings
+            .push(format!("{e} (nothing in it was read or removed)"));
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(&cdir) else {
+        return;
+    };
+    let state = StateDir::existing().ok().flatten();
+    for entry in rd.filter_map(|e| e.ok()) {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(name) = file.strip_suffix(".conf") else {
+            continue;
+        };
+        if crate::config::validate_interface_name(name).is_err() || get(name).is_some() {
             continue;
         }
-        if !matches!(owner::owner_of(name), Owner::Nobody | Owner::Dead(_)) {
+        let live = state.as_ref().is_some_and(|d| {
+            matches!(owner::owner_of(d, name), Owner::Alive(_)) || NameLock::held(d, name)
+        });
+        if live || crate::netdev::exists(name) {
             continue;
         }
         let old = entry
@@ -180,31 +452,30 @@ pub fn sweep_dead_locked() -> Vec<TeardownReport> {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > ORPHAN_AGE);
-        if !old {
-            continue;
-        }
-        match ext {
-            "conf" if !netdev::exists(name) => {
-                confdir::shred(&entry.path());
-            }
-            "dns" | "resolv" => {
-                dns::restore(name);
-            }
-            "owner" if owner::unreadable(name) => {
-                owner::remove(name);
-            }
-            _ => {}
+        if old {
+            confdir::shred(&entry.path());
         }
     }
-    reports
 }
 
 /// `emergencyCleanupSync`: this process's tunnels, then what dead owners left. A tunnel whose
 /// owner is alive, or that has no record, is left alone. No subprocess when nothing exists.
-pub fn emergency_cleanup() -> Vec<TeardownReport> {
-    let _g = lock();
-    let mut reports: Vec<TeardownReport> =
-        names().iter().map(|n| cleanup_locked(n, None)).collect();
-    reports.extend(sweep_dead_locked());
-    reports
+pub fn emergency_cleanup() -> SweepReport {
+    let _g = lock_for_exit();
+    let mut out = SweepReport {
+        reports: own_cleanup(|_| true),
+        warnings: Vec::new(),
+    };
+    match StateDir::existing() {
+        Ok(Some(dir)) => {
+            let s = sweep_dead_locked(&dir);
+            out.reports.extend(s.reports);
+            out.warnings.extend(s.warnings);
+        }
+        Ok(None) => sweep_orphan_keys(&mut out),
+        Err(e) => out
+            .warnings
+            .push(format!("{e} (nothing in it was read or removed)")),
+    }
+    out
 }

@@ -9,6 +9,14 @@
 //! It stops at the first step after which the interface is gone. The config file is
 //! zero-filled and deleted only then: a config deleted before a failed down could never be
 //! used to take the interface down again.
+//!
+//! It never deletes what is not WireGuard: an interface whose kernel driver is not
+//! `wireguard`, nor a TUN served by a userspace WireGuard, is refused by name, whatever the
+//! caller asked. And it never hands wg-quick a file another user could have prepared (wg-quick
+//! runs a file's `PostDown` as root): steps 1 and 2 run only for a file that passes the trust
+//! checks (`trust::open_trusted_path`: ours, in directories only root and we can change) and
+//! the same strict parser as the compat path (no hook keys, no `SaveConfig`). Otherwise step
+//! 3 does what wg-quick would have done, without running the file.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -46,6 +54,13 @@ pub struct TeardownReport {
     /// The config file was zero-filled and deleted.
     pub config_removed: bool,
     pub config_path: Option<String>,
+}
+
+impl StepReport {
+    /// A line of information in a report (nothing was run).
+    pub fn note(step: &str, detail: &str) -> Self {
+        skipped(step, detail)
+    }
 }
 
 impl TeardownReport {
@@ -106,6 +121,30 @@ fn conf_names(conf: &Path, name: &str) -> bool {
             .is_some_and(|s| s == std::ffi::OsStr::new(name))
 }
 
+/// A config file wg-quick may be given: trusted (see the module doc), named `<name>.conf`,
+/// and free of anything the strict parser refuses. Returns the checked (canonical) path.
+fn trusted_conf(conf: &Path, name: &str) -> Result<PathBuf, String> {
+    use std::io::Read;
+    if !conf_names(conf, name) {
+        return Err(format!("{} is not {name}.conf", conf.display()));
+    }
+    let (canon, f) =
+        crate::trust::open_trusted_path(conf).map_err(|e| format!("not trusted: {e}"))?;
+    if !conf_names(&canon, name) {
+        return Err(format!(
+            "{} resolves to {}",
+            conf.display(),
+            canon.display()
+        ));
+    }
+    let mut text = String::new();
+    f.take(crate::config::MAX_CONF_FILE)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    crate::config::parse_wg_quick(&text).map_err(|e| format!("refused: {e}"))?;
+    Ok(canon)
+}
+
 /// Remove interface `name` (see the module doc). `conf_path` is the config the tunnel was
 /// brought up from, if known. Never panics, never fails.
 pub fn teardown_linux_interface(name: &str, conf_path: Option<&Path>) -> TeardownReport {
@@ -124,22 +163,29 @@ pub fn teardown_linux_interface(name: &str, conf_path: Option<&Path>) -> Teardow
         report.gone = !report.existed;
         return report;
     }
+    if report.existed && !netdev::is_wireguard(name) {
+        let driver = netdev::driver(name).unwrap_or_else(|| "unknown".into());
+        report.steps.push(skipped(
+            "all",
+            &format!(
+                "{name} is not a WireGuard interface (driver {driver}): refusing to delete it"
+            ),
+        ));
+        return report;
+    }
     if report.existed {
         let wg_quick = cmd::find_program("wg-quick");
-        let conf = conf_path.filter(|p| p.is_file());
+        let conf = conf_path.filter(|p| p.exists());
         // Step 1: the config we brought it up from.
-        match (&wg_quick, conf) {
+        match (&wg_quick, conf.map(|c| trusted_conf(c, name))) {
             (None, _) => report
                 .steps
                 .push(skipped("wg-quick down <conf>", "wg-quick not installed")),
             (_, None) => report
                 .steps
                 .push(skipped("wg-quick down <conf>", "no config file")),
-            (_, Some(c)) if !conf_names(c, name) => report.steps.push(skipped(
-                "wg-quick down <conf>",
-                &format!("{} is not {name}.conf", c.display()),
-            )),
-            (Some(wq), Some(c)) => {
+            (_, Some(Err(why))) => report.steps.push(skipped("wg-quick down <conf>", &why)),
+            (Some(wq), Some(Ok(c))) => {
                 let c = c.to_string_lossy();
                 let step = run_step("wg-quick down <conf>", wq, &["down", &c]);
                 report.gone = gone_after(name, &step);
@@ -149,18 +195,21 @@ pub fn teardown_linux_interface(name: &str, conf_path: Option<&Path>) -> Teardow
         // Step 2: an /etc/wireguard install of the same name.
         if !report.gone {
             let etc: PathBuf = format!("/etc/wireguard/{name}.conf").into();
-            match (&wg_quick, etc.is_file()) {
-                (Some(wq), true) => {
-                    let step = run_step("wg-quick down <name>", wq, &["down", name]);
-                    report.gone = gone_after(name, &step);
-                    report.steps.push(step);
-                }
+            match (&wg_quick, etc.exists()) {
                 (None, _) => report
                     .steps
                     .push(skipped("wg-quick down <name>", "wg-quick not installed")),
                 (_, false) => report
                     .steps
                     .push(skipped("wg-quick down <name>", "no /etc/wireguard config")),
+                (Some(wq), true) => match trusted_conf(&etc, name) {
+                    Err(why) => report.steps.push(skipped("wg-quick down <name>", &why)),
+                    Ok(_) => {
+                        let step = run_step("wg-quick down <name>", wq, &["down", name]);
+                        report.gone = gone_after(name, &step);
+                        report.steps.push(step);
+                    }
+                },
             }
         }
         // Step 3: delete the link itself, then what wg-quick would have removed with it.
@@ -186,11 +235,60 @@ pub fn teardown_linux_interface(name: &str, conf_path: Option<&Path>) -> Teardow
             .push(skipped("all", "interface does not exist"));
     }
     if report.gone {
+        // Only a file of that tunnel's name that passes the trust checks: never a file in a
+        // directory another user can change (they could swap in a link or a hard link).
         if let Some(c) = conf_path.filter(|c| conf_names(c, name)) {
-            report.config_removed = confdir::shred(c);
+            if let Ok((canon, _)) = crate::trust::open_trusted_path(c) {
+                report.config_removed = confdir::shred(&canon);
+            }
         }
     }
     report
+}
+
+/// Put back the `suppress_prefixlength 0` rules (IPv4, and IPv6 where enabled) that wg-quick's
+/// down removes all of, when another live full tunnel of ours still needs them.
+pub fn restore_shared_rules() -> StepReport {
+    let t = std::time::Instant::now();
+    let mut done = Vec::new();
+    if let Some(ip) = cmd::find_program("ip") {
+        let fams: &[&str] = if netdev::ipv6_enabled() {
+            &["-4", "-6"]
+        } else {
+            &["-4"]
+        };
+        for fam in fams {
+            let present = cmd::run(&ip, &[*fam, "rule", "show"], None, STEP_TIMEOUT)
+                .map(|o| o.stdout.contains("suppress_prefixlength 0"))
+                .unwrap_or(true);
+            if present {
+                continue;
+            }
+            let args = [
+                *fam,
+                "rule",
+                "add",
+                "table",
+                "main",
+                "suppress_prefixlength",
+                "0",
+            ];
+            if cmd::run(&ip, &args, None, STEP_TIMEOUT).is_ok_and(|o| o.success) {
+                done.push(format!("{fam} rule suppress_prefixlength 0"));
+            }
+        }
+    }
+    StepReport {
+        step: "shared-rules".into(),
+        ran: true,
+        ok: true,
+        detail: if done.is_empty() {
+            "still in place".into()
+        } else {
+            format!("restored {} for another live full tunnel", done.join(", "))
+        },
+        elapsed_ms: t.elapsed().as_secs_f64() * 1000.0,
+    }
 }
 
 /// After a bare `ip link delete`: remove wg-quick's nft table for this interface and the

@@ -14,6 +14,7 @@ use crate::error::{Result, WgError};
 use crate::netdev;
 use crate::owner::{self, Owner, Record};
 use crate::registry::{self, Active};
+use crate::state::{NameLock, StateDir};
 use crate::teardown::TeardownReport;
 use crate::watchdog::Watchdog;
 
@@ -75,12 +76,21 @@ pub fn read_config_file(path: &std::path::Path) -> Result<RawConfig> {
             format!("{name:?} (from the file name) is not a valid interface name"),
         )
     })?;
-    let f = std::fs::File::open(path)
-        .map_err(|e| WgError::invalid(field, format!("cannot open {}: {e}", path.display())))?;
+    // Checked on the opened descriptor: never a FIFO (O_NONBLOCK, regular files only), never
+    // a file or directory another local user could have prepared or can still change.
+    let (_, f) = crate::trust::open_trusted_path(path).map_err(|why| {
+        match std::fs::symlink_metadata(path) {
+            Err(e) => WgError::invalid(field, format!("cannot open {}: {e}", path.display())),
+            Ok(_) => WgError::ConfigDirUnsafe {
+                path: path.display().to_string(),
+                reason: why.0,
+            },
+        }
+    })?;
     let meta = f
         .metadata()
         .map_err(|e| WgError::io("cannot stat the config file", &e))?;
-    if !meta.is_file() || meta.len() > crate::config::MAX_CONF_FILE {
+    if meta.len() > crate::config::MAX_CONF_FILE {
         return Err(WgError::invalid(
             field,
             "must be a regular file of at most 64 KiB",
@@ -127,22 +137,24 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
     mark("preflight", be.name(), &mut steps);
 
     let dir = confdir::ensure_private_dir()?;
+    let state = StateDir::create()?;
     let _guard = registry::lock();
     // The start-of-process sweep: what dead owners left here goes first.
-    let swept: Vec<String> = registry::sweep_dead_locked()
+    let swept: Vec<String> = registry::sweep_dead_locked(&state)
+        .reports
         .into_iter()
         .map(|r| r.name)
         .collect();
-    let name = resolve_name(&cfg.name)?;
+    let (name, lock, replaced_own) = claim_name(&state, &cfg.name)?;
     let conf: PathBuf = dir.join(format!("{name}.conf"));
     mark("config-dir", &dir.to_string_lossy(), &mut steps);
 
-    // Converge: a leftover of the same name (a killed run's, or our own) is the normal case.
-    // A live owner's tunnel is never taken over.
-    let stale = match owner::owner_of(&name) {
+    // Converge: a leftover of the same name (a killed run's) is the normal case. We hold the
+    // name's lock, so no live owner of ours is at work on it.
+    let stale = match owner::owner_of(&state, &name) {
         Owner::Alive(r) => return Err(WgError::NameInUse { name, pid: r.pid }),
-        Owner::Me(_) | Owner::Dead(_) => true,
-        Owner::Nobody | Owner::Elsewhere(_) => {
+        Owner::Me(_) | Owner::Dead(_) | Owner::Stranger(_) => true,
+        Owner::Nobody => {
             let exists = netdev::exists(&name);
             if exists && !netdev::is_wireguard(&name) {
                 return Err(WgError::NotWireGuard {
@@ -150,10 +162,10 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
                     name,
                 });
             }
-            exists || dns::pending(&name) || conf.exists()
+            exists || dns::pending(&state.path, state.netns.inode, &name) || conf.exists()
         }
     };
-    let stale = stale || swept.contains(&name);
+    let stale = stale || swept.contains(&name) || replaced_own;
     let others: Vec<&str> = swept
         .iter()
         .map(String::as_str)
@@ -163,11 +175,11 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
         let detail = format!("removed what dead owners left: {}", others.join(", "));
         mark("sweep", &detail, &mut steps);
     }
-    if swept.contains(&name) {
-        let detail = format!("removed a leftover {name} whose owner is dead");
+    if swept.contains(&name) || replaced_own {
+        let detail = format!("removed a leftover {name}");
         mark("converge", &detail, &mut steps);
     } else if stale {
-        let r = registry::cleanup_locked(&name, Some(&conf));
+        let r = registry::cleanup_locked(&state, &name, Some(&conf));
         if !r.gone {
             let tried: Vec<String> = r
                 .steps
@@ -198,13 +210,14 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
     };
     let mut record = Record::mine(
         &name,
+        state.netns,
         &conf,
         be.name(),
         cfg.full_tunnel(),
         cfg.dns.iter().map(IpAddr::to_string).collect(),
     );
     record.watchdog_pid = watchdog.as_ref().map(|w| w.pid);
-    if let Err(e) = owner::claim(&record) {
+    if let Err(e) = owner::claim(&state, &record) {
         if let Some(w) = watchdog {
             w.dismiss();
         }
@@ -228,17 +241,21 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
         started: Instant::now(),
         owner,
         watchdog: watchdog.clone(),
+        lock: Arc::new(lock),
     });
     let mut cfg = cfg;
     cfg.name = name.clone();
     let delegate = watchdog.clone().map(|w| w as Arc<dyn cmd::Delegate>);
     let result = cmd::with_delegate(delegate, || {
-        bring_up(be, &cfg, &conf, ipv6, &mut |s, d| mark(s, d, &mut steps))
+        bring_up(be, &state, &cfg, &conf, ipv6, &mut |s, d| {
+            mark(s, d, &mut steps)
+        })
     });
     let dns_method = match result {
         Ok(m) => m,
         Err(e) => {
-            registry::cleanup_locked(&name, Some(&conf));
+            // Everything this call made (we hold the name, and it was clear before): undone.
+            registry::cleanup_locked(&state, &name, Some(&conf));
             return Err(e);
         }
     };
@@ -273,24 +290,75 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
 /// The highest N that `name: 'auto'` tries for `wgsentN`.
 const AUTO_MAX: u32 = 255;
 
-/// `auto` becomes the first `wgsentN` with no interface, no live owner and no wireguard-go
-/// socket of another namespace; any other name is kept.
-fn resolve_name(requested: &str) -> Result<String> {
-    if requested != "auto" {
-        return Ok(requested.to_string());
+/// How long `connect` waits for another process that is removing a dead owner's tunnel of
+/// the same name (a watchdog, a sweep) before giving up with a retryable error.
+const NAME_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Take the name for this connect, with its lock: `auto` becomes the first `wgsentN` with no
+/// interface, no live owner, nobody at work on it and no wireguard-go socket of another
+/// namespace; any other name is taken as given (a live owner's is refused with
+/// `WG_NAME_IN_USE`). A live tunnel of this process with that name is removed first (the
+/// SDK's second `installWgTunnel` for verify-before-capture). Returns the name, its lock and
+/// whether an own tunnel was replaced.
+fn claim_name(state: &StateDir, requested: &str) -> Result<(String, NameLock, bool)> {
+    if requested == "auto" {
+        for n in (0..=AUTO_MAX).map(|i| format!("wgsent{i}")) {
+            if registry::get(&n).is_some()
+                || netdev::exists(&n)
+                || std::path::Path::new(&format!("/run/wireguard/{n}.sock")).exists()
+            {
+                continue;
+            }
+            if let Some(lock) = NameLock::try_acquire(state, &n)? {
+                if !matches!(owner::owner_of(state, &n), Owner::Alive(_) | Owner::Me(_)) {
+                    return Ok((n, lock, false));
+                }
+            }
+        }
+        return Err(WgError::setup(
+            "name",
+            format!("no free wgsentN for N up to {AUTO_MAX}"),
+        ));
     }
-    (0..=AUTO_MAX)
-        .map(|i| format!("wgsent{i}"))
-        .find(|n| {
-            matches!(owner::owner_of(n), Owner::Nobody | Owner::Dead(_))
-                && !netdev::exists(n)
-                && !std::path::Path::new(&format!("/var/run/wireguard/{n}.sock")).exists()
-        })
-        .ok_or_else(|| WgError::setup("name", format!("no free wgsentN for N up to {AUTO_MAX}")))
+    let name = requested.to_string();
+    let mut replaced = false;
+    if registry::get(&name).is_some() {
+        if netdev::exists(&name) && !netdev::is_wireguard(&name) {
+            return Err(WgError::NotWireGuard {
+                driver: netdev::driver(&name).unwrap_or_else(|| "unknown".into()),
+                name,
+            });
+        }
+        let r = registry::cleanup_locked(state, &name, None);
+        if !r.gone {
+            return Err(WgError::setup(
+                "converge",
+                format!("this process's own {name} could not be removed"),
+            ));
+        }
+        replaced = true;
+    }
+    if let Some(lock) = NameLock::try_acquire(state, &name)? {
+        return Ok((name, lock, replaced));
+    }
+    if let Owner::Alive(r) = owner::owner_of(state, &name) {
+        return Err(WgError::NameInUse { name, pid: r.pid });
+    }
+    match NameLock::acquire(state, &name, NAME_BOUND)? {
+        Some(lock) => Ok((name, lock, replaced)),
+        None => match owner::owner_of(state, &name) {
+            Owner::Alive(r) => Err(WgError::NameInUse { name, pid: r.pid }),
+            _ => Err(WgError::setup(
+                "name",
+                format!("another process held {name} for more than {NAME_BOUND:?}; retry"),
+            )),
+        },
+    }
 }
 
 fn bring_up(
     be: &dyn Backend,
+    state: &StateDir,
     cfg: &TunnelConfig,
     conf: &std::path::Path,
     ipv6: bool,
@@ -313,39 +381,67 @@ fn bring_up(
     if cfg.dns.is_empty() {
         return Ok(None);
     }
-    let m = dns::apply(&cfg.name, &cfg.dns)?;
+    let m = dns::apply(&state.path, state.netns.inode, &cfg.name, &cfg.dns)?;
     mark("dns", m.as_str());
     Ok(Some(m))
 }
 
 /// Take down `name`, or the latest tunnel of this process. None when there was nothing to
-/// take down. Idempotent.
+/// take down. Idempotent. Ordered after every lifecycle call made before it (`Ticket`).
 pub fn disconnect(name: Option<&str>) -> Result<Option<TeardownReport>> {
+    if let Some(n) = name {
+        crate::config::validate_interface_name(n)?;
+    }
+    let _guard = registry::lock();
     let name = match name {
-        Some(n) => {
-            crate::config::validate_interface_name(n)?;
-            n.to_string()
-        }
+        Some(n) => n.to_string(),
         None => match registry::latest() {
             Some(a) => a.name,
             None => return Ok(None),
         },
     };
-    let _guard = registry::lock();
-    if let Owner::Alive(r) = owner::owner_of(&name) {
+    if registry::get(&name).is_some() {
+        return Ok(registry::cleanup_own(&name));
+    }
+    let exists = netdev::exists(&name);
+    if exists && !netdev::is_wireguard(&name) {
+        return Err(WgError::NotWireGuard {
+            driver: netdev::driver(&name).unwrap_or_else(|| "unknown".into()),
+            name,
+        });
+    }
+    // Not ours: only with a trusted state directory (an unsafe one is refused, not read).
+    let state = StateDir::existing()?;
+    let conf = confdir::conf_path(&name);
+    let Some(state) = state else {
+        if !exists {
+            return Ok(None);
+        }
+        return Ok(Some(crate::teardown::teardown_linux_interface(
+            &name,
+            Some(&conf),
+        )));
+    };
+    if let Owner::Alive(r) = owner::owner_of(&state, &name) {
         return Err(WgError::NameInUse { name, pid: r.pid });
     }
-    let conf = registry::get(&name)
-        .map(|a| a.conf_path)
-        .unwrap_or_else(|| confdir::conf_path(&name));
-    if registry::get(&name).is_none()
-        && !netdev::exists(&name)
-        && !dns::pending(&name)
+    if !exists
+        && !dns::pending(&state.path, state.netns.inode, &name)
         && !conf.exists()
+        && owner::read(&state, &name).is_none()
     {
         return Ok(None);
     }
-    Ok(Some(registry::cleanup_locked(&name, Some(&conf))))
+    let Some(_held) = NameLock::acquire(&state, &name, NAME_BOUND)? else {
+        return Err(WgError::setup(
+            "lock",
+            format!("another process is working on {name}; retry"),
+        ));
+    };
+    let conf = owner::read(&state, &name)
+        .map(|r| r.conf_path)
+        .unwrap_or(conf);
+    Ok(Some(registry::cleanup_locked(&state, &name, Some(&conf))))
 }
 
 /// Read the kernel for `name` (default: the latest tunnel of this process, else `wgsent0`).

@@ -160,6 +160,36 @@ impl cmd::Delegate for Watchdog {
         let Some((stdin, stdout)) = io.as_mut() else {
             return cmd::run_local(program, args, input, timeout);
         };
+        match Self::ask(stdin, stdout, program, args, input, timeout) {
+            Ok(out) => Ok(out),
+            Err(Lost(why)) => {
+                // A killed (or wedged) watchdog must not strand the tunnel: forget it and do
+                // the work here. Teardown steps are idempotent, so a command it may have
+                // started is safe to run again.
+                *io = None;
+                drop(io);
+                let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = child.kill();
+                let _ = child.wait();
+                cmd::run_local(program, args, input, timeout)
+                    .map_err(|e| format!("{e} (the watchdog was lost: {why})"))
+            }
+        }
+    }
+}
+
+/// The watchdog stopped answering (killed, or wedged).
+struct Lost(String);
+
+impl Watchdog {
+    fn ask(
+        stdin: &mut ChildStdin,
+        stdout: &mut BufReader<ChildStdout>,
+        program: &Path,
+        args: &[OsString],
+        input: Option<&[u8]>,
+        timeout: Duration,
+    ) -> std::result::Result<Output, Lost> {
         let mut frame = Vec::new();
         frame.extend_from_slice(b"R\n");
         frame.extend_from_slice(program.as_os_str().as_encoded_bytes());
@@ -181,13 +211,13 @@ impl cmd::Delegate for Watchdog {
         stdin
             .write_all(&frame)
             .and_then(|_| stdin.flush())
-            .map_err(|e| format!("watchdog unreachable: {e}"))?;
+            .map_err(|e| Lost(format!("watchdog unreachable: {e}")))?;
         if stdout.buffer().is_empty()
             && !readable(stdout.get_ref().as_raw_fd(), timeout + ANSWER_SLACK)
         {
-            return Err("the watchdog did not answer".into());
+            return Err(Lost("the watchdog did not answer".into()));
         }
-        let bad = || "the watchdog sent a malformed answer".to_string();
+        let bad = || Lost("the watchdog sent no or a malformed answer".to_string());
         let head = read_line(stdout).ok_or_else(bad)?;
         let (kind, rest) = head.split_once(' ').ok_or_else(bad)?;
         let stdout_b = read_blob(stdout).ok_or_else(bad)?;
@@ -196,7 +226,13 @@ impl cmd::Delegate for Watchdog {
             .and_then(|l| l.parse().ok())
             .ok_or_else(bad)?;
         match kind {
-            "E" => Err(String::from_utf8_lossy(&stderr_b).into_owned()),
+            "E" => Ok(Output {
+                success: false,
+                code: None,
+                stdout: String::new(),
+                stderr: String::from_utf8_lossy(&stderr_b).into_owned(),
+                elapsed: Duration::from_millis(elapsed_ms),
+            }),
             _ => {
                 let code = rest.parse::<i32>().ok();
                 Ok(Output {

@@ -206,12 +206,20 @@ do_down() {
         T ip link show dev "$dev" &>/dev/null && T ip link delete dev "$dev" 2>/dev/null
     done
 
-    # 3. namespaces and their /etc/netns dirs
+    # 3. namespaces and their /etc/netns dirs, and blue-wireguard's per-namespace state dir
+    #    (/run/blue-wireguard/net-<namespace inode>: records, locks, DNS state of the tunnels
+    #    the code under test made there)
+    local ino
     for ns in "$NODE_NS" "$CLI_NS"; do
+        if ns_exists "$ns"; then
+            ino=$(stat -L -c %i "/run/netns/$ns" 2>/dev/null)
+            [[ $ino =~ ^[0-9]+$ ]] && rm -rf -- "/run/blue-wireguard/net-$ino"
+        fi
         ns_exists "$ns" && { T ip netns delete "$ns" || warn "WARNING: could not delete netns $ns"; }
         rm -rf -- "/etc/netns/$ns"
     done
     rmdir /etc/netns 2>/dev/null   # only if empty (it did not exist before the first testbed)
+    rmdir /run/blue-wireguard 2>/dev/null   # likewise
 
     # 4. stale wireguard-go control sockets: <prefix>*.sock and TESTBED_CLIENT_IFNAMES
     local -a names=()

@@ -1,0 +1,266 @@
+//! Where the addon keeps what it knows about its tunnels: ownership records, DNS state and
+//! per-tunnel locks, one directory per network namespace:
+//!
+//! `<state root>/net-<netns inode>/` with `<name>.owner`, `<name>.lock`, `<name>.dns`,
+//! `resolv.orig`.
+//!
+//! The state root does not depend on `TMPDIR`: agents with different temp dirs in one
+//! namespace see each other's tunnels, and agents in two namespaces that share `/tmp` never
+//! see (or overwrite) each other's. It is `BLUE_WG_STATE_DIR` when set, else
+//! `/run/blue-wireguard` for root, else `$XDG_RUNTIME_DIR/blue-wireguard`, else
+//! `<temp dir>/blue-wireguard-<uid>`. Every level is created 0700 and checked on its opened
+//! descriptor (see `trust`) on every use: a directory another user prepared is never read.
+//!
+//! Records also carry the namespace's cookie (`SO_NETNS_COOKIE`, never reused while the host
+//! runs), so a record left in the directory of a namespace whose inode number was reused is
+//! recognised as a stranger's.
+
+use std::fs::{self, DirBuilder, File};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cmd;
+use crate::error::{Result, WgError};
+use crate::trust;
+
+/// This thread's network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Netns {
+    /// Inode of `/proc/thread-self/ns/net` (what `ip netns` shows under `/run/netns`).
+    pub inode: u64,
+    /// `SO_NETNS_COOKIE`: unique per namespace for the life of the host (0 if unsupported).
+    pub cookie: u64,
+}
+
+pub fn netns() -> Netns {
+    use std::os::unix::fs::MetadataExt;
+    let inode = fs::metadata("/proc/thread-self/ns/net")
+        .or_else(|_| fs::metadata("/proc/self/ns/net"))
+        .map(|m| m.ino())
+        .unwrap_or(0);
+    Netns {
+        inode,
+        cookie: netns_cookie().unwrap_or(0),
+    }
+}
+
+fn netns_cookie() -> Option<u64> {
+    const SO_NETNS_COOKIE: i32 = 71;
+    // SAFETY: a datagram socket used for one getsockopt, closed below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: cookie and len are valid out-pointers of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: fd was opened above and is closed once.
+    unsafe { libc::close(fd) };
+    (rc == 0).then_some(cookie)
+}
+
+/// The state root (not created).
+pub fn root() -> PathBuf {
+    if let Some(p) = std::env::var_os("BLUE_WG_STATE_DIR").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if trust::euid() == 0 {
+        return PathBuf::from("/run/blue-wireguard");
+    }
+    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        return PathBuf::from(x).join("blue-wireguard");
+    }
+    crate::confdir::temp_dir().join(format!("blue-wireguard-{}", trust::euid()))
+}
+
+/// The opened, checked state directory of this thread's network namespace.
+pub struct StateDir {
+    pub path: PathBuf,
+    pub fd: OwnedFd,
+    pub netns: Netns,
+}
+
+fn unsafe_dir(path: &Path, why: trust::Untrusted) -> WgError {
+    WgError::ConfigDirUnsafe {
+        path: path.display().to_string(),
+        reason: why.0,
+    }
+}
+
+fn mkdir_private(p: &Path) -> Result<()> {
+    match DirBuilder::new().mode(0o700).create(p) {
+        Ok(()) => {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(p, fs::Permissions::from_mode(0o700))
+                .map_err(|e| WgError::io(format!("cannot chmod {}", p.display()), &e))
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(WgError::io(format!("cannot create {}", p.display()), &e)),
+    }
+}
+
+impl StateDir {
+    /// Create (0700) or open the state directory, checking it and every ancestor.
+    pub fn create() -> Result<StateDir> {
+        let root = root();
+        mkdir_private(&root)?;
+        trust::open_private_dir(&root).map_err(|e| unsafe_dir(&root, e))?;
+        let netns = netns();
+        let path = root.join(format!("net-{}", netns.inode));
+        mkdir_private(&path)?;
+        let fd = trust::open_private_dir(&path).map_err(|e| unsafe_dir(&path, e))?;
+        Ok(StateDir { path, fd, netns })
+    }
+
+    /// Open the existing state directory for a cleanup path. `Ok(None)` when it does not exist
+    /// (nothing was ever recorded here); an error when it exists and cannot be trusted: then
+    /// nothing in it is read.
+    pub fn existing() -> Result<Option<StateDir>> {
+        let netns = netns();
+        let path = root().join(format!("net-{}", netns.inode));
+        match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // A missing root or namespace dir: nothing recorded. (A dangling link or
+                // anything else that exists is checked below and refused.)
+                return Ok(None);
+            }
+            _ => {}
+        }
+        let fd = trust::open_private_dir(&path).map_err(|e| unsafe_dir(&path, e))?;
+        Ok(Some(StateDir { path, fd, netns }))
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Read a small file of ours from the directory (checked on its descriptor).
+    pub fn read(&self, file: &str) -> Option<Vec<u8>> {
+        trust::read_file_in(&self.fd, file, 64 * 1024)
+            .ok()
+            .flatten()
+    }
+
+    /// Every file name in the directory.
+    pub fn list(&self) -> Vec<String> {
+        let Ok(rd) = fs::read_dir(&self.path) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
+    }
+}
+
+/// An exclusive `flock` on `<state>/<name>.lock`. The owner of a tunnel holds it for the
+/// tunnel's whole life, so a lock that can be taken means nobody is at work on that name;
+/// the kernel releases it when the holder dies, however it dies. Lock files are never
+/// deleted (that would let two processes lock two different files of the same name).
+pub struct NameLock {
+    file: File,
+    pub name: String,
+}
+
+impl std::fmt::Debug for NameLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NameLock({})", self.name)
+    }
+}
+
+impl NameLock {
+    fn open(dir: &StateDir, name: &str) -> Result<File> {
+        let path = dir.file(&format!("{name}.lock"));
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|e| WgError::io(format!("cannot open {}", path.display()), &e))?;
+        let meta = f
+            .metadata()
+            .map_err(|e| WgError::io("cannot stat a lock file", &e))?;
+        trust::check_file(&meta, &path.display().to_string()).map_err(|e| unsafe_dir(&path, e))?;
+        Ok(f)
+    }
+
+    /// Take the lock now, or `Ok(None)` when another holder has it.
+    pub fn try_acquire(dir: &StateDir, name: &str) -> Result<Option<NameLock>> {
+        let file = Self::open(dir, name)?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            Ok(Some(NameLock {
+                file,
+                name: name.to_string(),
+            }))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Take the lock, waiting at most `bound`.
+    pub fn acquire(dir: &StateDir, name: &str, bound: Duration) -> Result<Option<NameLock>> {
+        let file = Self::open(dir, name)?;
+        let fd = file.as_raw_fd();
+        // SAFETY: flock on a descriptor we own.
+        let got = cmd::wait_until(bound, || {
+            (unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0).then_some(())
+        });
+        Ok(got.map(|()| NameLock {
+            file,
+            name: name.to_string(),
+        }))
+    }
+
+    /// True when some process holds the lock of `name` (checked without keeping it).
+    pub fn held(dir: &StateDir, name: &str) -> bool {
+        matches!(Self::try_acquire(dir, name), Ok(None))
+    }
+}
+
+impl Drop for NameLock {
+    fn drop(&mut self) {
+        // SAFETY: unlocking our own descriptor; closing it would release the lock anyway.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_lock_excludes_a_second_holder_and_is_released_on_drop() {
+        let d = tempfile::tempdir().unwrap();
+        std::env::set_var("BLUE_WG_STATE_DIR", d.path().join("state"));
+        let dir = StateDir::create().unwrap();
+        let a = NameLock::try_acquire(&dir, "wgsent9").unwrap().unwrap();
+        assert!(NameLock::try_acquire(&dir, "wgsent9").unwrap().is_none());
+        assert!(NameLock::held(&dir, "wgsent9"));
+        let t = std::time::Instant::now();
+        assert!(
+            NameLock::acquire(&dir, "wgsent9", Duration::from_millis(50))
+                .unwrap()
+                .is_none()
+        );
+        assert!(t.elapsed() < Duration::from_secs(1));
+        drop(a);
+        assert!(!NameLock::held(&dir, "wgsent9"));
+        assert!(netns().inode > 0);
+        assert!(dir.path.ends_with(format!("net-{}", netns().inode)));
+    }
+}
