@@ -80,7 +80,8 @@
 //!
 //! Modes: only the permission bits (0777) are saved and restored; set-id and sticky bits are
 //! never set by a restore (an embedded original must not be able to make a setuid file).
-//! A resolv.conf larger than 1 MiB, a directory, FIFO or device is never rewritten.
+//! A resolv.conf larger than 256 KiB, a directory, FIFO or device is never rewritten (`apply`
+//! fails), so our rewrite always stays under the 1 MiB we ever read.
 //!
 //! # systemd-resolved and resolvconf
 //!
@@ -130,7 +131,10 @@ const ENTRY_EXT: &str = ".dns";
 
 /// resolv.conf larger than this is not read (nor rewritten).
 const MAX_RESOLV: u64 = 1 << 20;
-const MAX_ORIG: u64 = MAX_RESOLV + 4096;
+/// An original larger than this is refused, so that our rewrite (base64, 4/3 of it, plus a
+/// few lines) always stays readable under `MAX_RESOLV`.
+const MAX_ORIGINAL: usize = 256 << 10;
+const MAX_ORIG: u64 = MAX_ORIGINAL as u64 + 4096;
 const MAX_ENTRY: u64 = 64 << 10;
 
 /// How DNS was applied.
@@ -288,6 +292,15 @@ fn apply_file(at: &At, name: &str, entry: &Entry, entries: &[(String, Entry)]) -
         (None, Some(s)) if stacked && cur.looks_cut(at.netns) => s.clone(),
         _ => as_found,
     };
+    if matches!(&original, Original::File { bytes, .. } if bytes.len() > MAX_ORIGINAL) {
+        return Err(WgError::setup(
+            "dns",
+            format!(
+                "{} is larger than {MAX_ORIGINAL} bytes; refusing to rewrite it",
+                at.resolv.display()
+            ),
+        ));
+    }
     if saved.as_ref() != Some(&original) {
         write_state(at.dir, ORIG_FILE, &original.encode())?;
     }
@@ -922,7 +935,9 @@ fn read_trusted(dir: &Path, file: &str, max: u64) -> Option<Vec<u8>> {
 /// An exclusive `flock` on the state directory itself (no file is created, so no name can
 /// collide with a tunnel's files): serialises the resolv.conf stack of one namespace across
 /// threads and processes. Released when dropped, or when its holder dies.
-struct NsLock(fs::File);
+struct NsLock {
+    _dir: fs::File,
+}
 
 impl NsLock {
     fn acquire(dir: &Path) -> Option<NsLock> {
@@ -936,7 +951,7 @@ impl NsLock {
         cmd::wait_until(LOCK_BOUND, || {
             (unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0).then_some(())
         })?;
-        Some(NsLock(f))
+        Some(NsLock { _dir: f })
     }
 }
 
@@ -1566,5 +1581,12 @@ mod tests {
         assert!(apply_with(&e.at(), DnsMethod::File, "a", &ips(&["10.8.0.1"])).is_err());
         assert_eq!(e.state(), Vec::<String>::new());
         assert!(!e.restore("a", &[]));
+        fs::remove_file(&e.resolv).unwrap();
+        // Too large to embed (and still read back): refused, untouched, nothing left.
+        let big = vec![b'#'; MAX_ORIGINAL + 1];
+        e.write(&big, 0o644);
+        assert!(apply_with(&e.at(), DnsMethod::File, "a", &ips(&["10.8.0.1"])).is_err());
+        assert_eq!(fs::read(&e.resolv).unwrap(), big);
+        assert_eq!(e.state(), Vec::<String>::new());
     }
 }
