@@ -15,16 +15,22 @@ export declare function availability(): Availability
 /** Whether a tunnel can be brought up on this host. Cheap: no subprocess, no network. */
 export interface Availability {
   /**
-   * `wg-quick` is installed and either the kernel module or a userspace implementation
-   * (`wireguard-go`, or `WG_QUICK_USERSPACE_IMPLEMENTATION`, with `/dev/net/tun`) is usable.
+   * Some backend can run: `embedded` (`/dev/net/tun` and CAP_NET_ADMIN; no
+   * wireguard-tools needed) or `wg-quick` (installed, with the kernel module or a userspace
+   * implementation).
    */
   available: boolean
   /** Why not, when `available` is false. */
   reason?: string
   /** Absolute path of `wg-quick`, if installed. */
   wgQuick?: string
-  /** This process may manage interfaces (effective uid 0). */
+  /**
+   * This process may manage interfaces (effective uid 0, or CAP_NET_ADMIN for the
+   * embedded backend).
+   */
   isAdmin: boolean
+  /** The backends that can run here, in the order `auto` tries them. */
+  backends: Array<string>
 }
 
 /**
@@ -72,6 +78,13 @@ export interface ConnectOptions {
    * `dns` (full tunnel), `ready`.
    */
   onProgress?: (step: string, detail: string) => void
+  /**
+   * Which backend brings the tunnel up: `auto` (the default, or `BLUE_WG_BACKEND`):
+   * `embedded` where `/dev/net/tun` and CAP_NET_ADMIN are there, else `wg-quick`;
+   * `embedded` (WireGuard inside this process, no external tool, no key file);
+   * `wg-quick`; `kernel` (not implemented yet: `WG_NOT_AVAILABLE`).
+   */
+  backend?: 'auto' | 'embedded' | 'wg-quick' | 'kernel'
 }
 
 /**
@@ -187,8 +200,12 @@ export interface TunnelConfig {
 /** What `connect` brought up. */
 export interface TunnelInfo {
   name: string
-  /** The wg-quick config (0600, in `configDir()`); removed when the tunnel goes down. */
-  configPath: string
+  /**
+   * The wg-quick backend's config (0600, in `configDir()`); removed when the tunnel goes
+   * down. Absent for the embedded backend, which writes no key file.
+   */
+  configPath?: string
+  /** `embedded` or `wg-quick`: the backend that brought the tunnel up. */
   backend: string
   fullTunnel: boolean
   addresses: Array<string>

@@ -150,6 +150,12 @@ pub struct ConnectOptions {
     /// `dns` (full tunnel), `ready`.
     #[napi(ts_type = "(step: string, detail: string) => void")]
     pub on_progress: Option<()>,
+    /// Which backend brings the tunnel up: `auto` (the default, or `BLUE_WG_BACKEND`):
+    /// `embedded` where `/dev/net/tun` and CAP_NET_ADMIN are there, else `wg-quick`;
+    /// `embedded` (WireGuard inside this process, no external tool, no key file);
+    /// `wg-quick`; `kernel` (not implemented yet: `WG_NOT_AVAILABLE`).
+    #[napi(ts_type = "'auto' | 'embedded' | 'wg-quick' | 'kernel'")]
+    pub backend: Option<String>,
 }
 
 /// The tunnel config. Values from the node are hostile: every field is validated before
@@ -202,8 +208,10 @@ pub struct StepTime {
 #[napi(object)]
 pub struct TunnelInfo {
     pub name: String,
-    /// The wg-quick config (0600, in `configDir()`); removed when the tunnel goes down.
-    pub config_path: String,
+    /// The wg-quick backend's config (0600, in `configDir()`); removed when the tunnel goes
+    /// down. Absent for the embedded backend, which writes no key file.
+    pub config_path: Option<String>,
+    /// `embedded` or `wg-quick`: the backend that brought the tunnel up.
     pub backend: String,
     pub full_tunnel: bool,
     pub addresses: Vec<String>,
@@ -298,6 +306,7 @@ enum Source {
 
 pub struct ConnectTask {
     raw: std::result::Result<Source, WgError>,
+    backend: Option<String>,
     progress: Option<Progress>,
     env_id: u64,
     ticket: Option<registry::Ticket>,
@@ -351,7 +360,17 @@ impl ConnectTask {
                 }
             }
         };
-        let result = tunnel::connect(raw, self.env_id, &report);
+        // napi's own tokio runtime (feature `tokio_rt`) carries the embedded backend: no
+        // second runtime. (A drained runtime, at process teardown, panics: then none.)
+        let runtime = std::panic::catch_unwind(|| {
+            napi::bindgen_prelude::within_runtime_if_available(tokio::runtime::Handle::current)
+        })
+        .ok();
+        let opts = tunnel::ConnectOptions {
+            backend: self.backend.take(),
+            runtime,
+        };
+        let result = tunnel::connect(raw, self.env_id, opts, &report);
         let (lock, cv) = &*delivered;
         let count = lock.lock().unwrap_or_else(|p| p.into_inner());
         let _ = cv.wait_timeout_while(count, PROGRESS_FLUSH_BOUND, |n| *n < emitted.get());
@@ -448,11 +467,20 @@ fn connect_task(
     options: Option<Unknown>,
 ) -> Result<AsyncTask<ConnectTask>> {
     let mut progress = None;
+    let mut backend = None;
     if let Some(opts) = options {
         match opts.get_type()? {
             ValueType::Undefined | ValueType::Null => {}
             ValueType::Object => {
                 let obj = unsafe { opts.cast::<Object>()? };
+                match string_arg(obj.get::<Unknown>("backend")?.as_ref(), "options.backend") {
+                    Ok(None) => {}
+                    Ok(Some(b)) => match crate::backend::parse_choice("options.backend", &b) {
+                        Ok(c) => backend = Some(c.to_string()),
+                        Err(e) => raw = Err(e),
+                    },
+                    Err(e) => raw = Err(e),
+                }
                 if let Some(f) = obj.get::<Unknown>("onProgress")? {
                     match f.get_type()? {
                         ValueType::Undefined | ValueType::Null => {}
@@ -475,6 +503,7 @@ fn connect_task(
     }
     Ok(AsyncTask::new(ConnectTask {
         raw,
+        backend,
         progress,
         env_id: ENV_ID.with(|c| c.get()),
         ticket: Some(registry::Ticket::take()),
@@ -598,26 +627,40 @@ pub fn status(env: Env, name: Option<Unknown>) -> Result<TunnelStatus> {
 /// Whether a tunnel can be brought up on this host. Cheap: no subprocess, no network.
 #[napi(object)]
 pub struct Availability {
-    /// `wg-quick` is installed and either the kernel module or a userspace implementation
-    /// (`wireguard-go`, or `WG_QUICK_USERSPACE_IMPLEMENTATION`, with `/dev/net/tun`) is usable.
+    /// Some backend can run: `embedded` (`/dev/net/tun` and CAP_NET_ADMIN; no
+    /// wireguard-tools needed) or `wg-quick` (installed, with the kernel module or a userspace
+    /// implementation).
     pub available: bool,
     /// Why not, when `available` is false.
     pub reason: Option<String>,
     /// Absolute path of `wg-quick`, if installed.
     pub wg_quick: Option<String>,
-    /// This process may manage interfaces (effective uid 0).
+    /// This process may manage interfaces (effective uid 0, or CAP_NET_ADMIN for the
+    /// embedded backend).
     pub is_admin: bool,
+    /// The backends that can run here, in the order `auto` tries them.
+    pub backends: Vec<String>,
 }
 
 /// What this host offers, found in-process (PATH search, file checks).
 #[napi]
 pub fn availability() -> Availability {
-    let reason = crate::backend::wg_quick::unavailable_reason();
+    use crate::backend::{embedded, wg_quick, Backend};
+    let reason = crate::backend::unavailable_reason();
+    let mut backends = Vec::new();
+    if embedded::Embedded.available().is_ok() {
+        backends.push(embedded::NAME.to_string());
+    }
+    if wg_quick::WgQuick.available().is_ok() {
+        backends.push(wg_quick::NAME.to_string());
+    }
     Availability {
         available: reason.is_none(),
         reason,
         wg_quick: crate::cmd::find_program("wg-quick").map(|p| p.to_string_lossy().into_owned()),
-        is_admin: confdir::euid() == 0,
+        is_admin: confdir::euid() == 0
+            || crate::backend::has_capability(crate::backend::CAP_NET_ADMIN),
+        backends,
     }
 }
 

@@ -36,6 +36,9 @@ pub struct Record {
     pub dns: Vec<String>,
     pub watchdog_pid: Option<u32>,
     pub created_unix_ms: u64,
+    /// The full tunnel's routing table and fwmark, for backends that route it themselves
+    /// (their rules are removed by exact match from it). None: none of ours.
+    pub table: Option<u32>,
 }
 
 /// Who owns a tunnel name.
@@ -115,12 +118,33 @@ impl Record {
             dns,
             watchdog_pid: None,
             created_unix_ms: now_ms(),
+            table: None,
+        }
+    }
+
+    /// What is known of a tunnel that has no (readable) record: its name and where its key
+    /// file would be; its backend is taken to be wg-quick (the only one that leaves an
+    /// interface behind without a record).
+    pub fn orphan(name: &str, conf_path: &Path) -> Self {
+        Record {
+            name: name.to_string(),
+            pid: 0,
+            start_time: 0,
+            netns: 0,
+            netns_cookie: 0,
+            conf_path: conf_path.to_path_buf(),
+            backend: String::new(),
+            full_tunnel: false,
+            dns: Vec::new(),
+            watchdog_pid: None,
+            created_unix_ms: 0,
+            table: None,
         }
     }
 
     fn render(&self) -> String {
         format!(
-            "name={}\npid={}\nstart_time={}\nnetns={}\nnetns_cookie={}\nconf_path={}\nbackend={}\nfull_tunnel={}\ndns={}\nwatchdog_pid={}\ncreated_unix_ms={}\n",
+            "name={}\npid={}\nstart_time={}\nnetns={}\nnetns_cookie={}\nconf_path={}\nbackend={}\nfull_tunnel={}\ndns={}\nwatchdog_pid={}\ncreated_unix_ms={}\ntable={}\n",
             self.name,
             self.pid,
             self.start_time,
@@ -131,7 +155,8 @@ impl Record {
             self.full_tunnel,
             self.dns.join(","),
             self.watchdog_pid.map(|p| p.to_string()).unwrap_or_default(),
-            self.created_unix_ms
+            self.created_unix_ms,
+            self.table.map(|t| t.to_string()).unwrap_or_default()
         )
     }
 
@@ -163,6 +188,7 @@ impl Record {
             created_unix_ms: get("created_unix_ms")
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(0),
+            table: get("table").and_then(|t| t.parse().ok()),
         })
     }
 
@@ -261,6 +287,8 @@ mod tests {
             true,
             vec!["10.8.0.1".into()],
         );
+        let mut r = r;
+        r.table = Some(51821);
         assert!(r.is_mine() && r.owner_alive());
         let back = Record::parse(&r.render()).unwrap();
         assert_eq!(back, r);

@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::backend::{self, Tunnel};
 use crate::cmd;
 use crate::confdir;
 use crate::dns;
-use crate::owner::{self, Owner};
+use crate::owner::{self, Owner, Record};
 use crate::state::{NameLock, StateDir};
 use crate::teardown::{self, TeardownReport};
 use crate::watchdog::Watchdog;
@@ -37,6 +38,8 @@ pub struct Active {
     pub watchdog: Option<Arc<Watchdog>>,
     /// Held for the tunnel's life: released (after the record is removed) when it goes.
     pub lock: Arc<NameLock>,
+    /// The backend's handle, once `up` returned it (None while it runs).
+    pub tunnel: Option<Arc<dyn Tunnel>>,
 }
 
 static ACTIVE: Mutex<Vec<Active>> = Mutex::new(Vec::new());
@@ -156,6 +159,19 @@ pub fn insert(a: Active) {
     v.push(a);
 }
 
+/// Hand the backend's handle of `name` to the registry (it stops the tunnel from now on).
+pub fn set_tunnel(name: &str, t: Arc<dyn Tunnel>) {
+    if let Some(a) = lock_mutex(&ACTIVE).iter_mut().find(|a| a.name == name) {
+        a.tunnel = Some(t);
+    }
+}
+
+/// True when `name` is a tunnel of this process whose interface only this process can own
+/// (a native backend's), so a check of the interface's kind does not apply to it.
+pub fn is_own_native(name: &str) -> bool {
+    get(name).is_some_and(|a| a.backend != backend::wg_quick::NAME)
+}
+
 pub fn get(name: &str) -> Option<Active> {
     lock_mutex(&ACTIVE).iter().find(|a| a.name == name).cloned()
 }
@@ -180,10 +196,12 @@ pub fn is_live(dir: &StateDir, name: &str) -> bool {
 
 /// THE cleanup routine. The caller holds `lock()` (or gave up on it on an exit path) and the
 /// name: either this process owns the tunnel (its lock is in `ACTIVE`) or the caller took
-/// the name's lock. Undoes bring-up in reverse order: DNS, the interface (teardown, which
-/// removes the key file once the interface is gone), the ownership record, the watchdog, the
-/// name lock. While the tunnel has a watchdog, its commands run through it, so a death
-/// mid-teardown is finished by the watchdog. Never fails.
+/// the name's lock. Undoes bring-up in reverse order: DNS, the tunnel (this process's: its
+/// handle's `stop`; anyone else's, or one that never got a handle: `reap` of the backend its
+/// record names, which for wg-quick is the three-step teardown that removes the key file once
+/// the interface is gone), the ownership record, the watchdog, the name lock. While the
+/// tunnel has a watchdog, its commands run through it, so a death mid-teardown is finished by
+/// the watchdog. Never fails.
 pub fn cleanup_locked(dir: &StateDir, name: &str, conf: Option<&Path>) -> TeardownReport {
     let active = get(name);
     let record = owner::read(dir, name);
@@ -194,22 +212,33 @@ pub fn cleanup_locked(dir: &StateDir, name: &str, conf: Option<&Path>) -> Teardo
         .unwrap_or_else(|| confdir::conf_path(name));
     let full_tunnel = record.as_ref().is_some_and(|r| r.full_tunnel)
         || active.as_ref().is_some_and(|a| a.full_tunnel);
+    let backend_name: String = active
+        .as_ref()
+        .map(|a| a.backend.to_string())
+        .or_else(|| record.as_ref().map(|r| r.backend.clone()))
+        .unwrap_or_default();
+    let handle = active.as_ref().and_then(|a| a.tunnel.clone());
     let watchdog = active.and_then(|a| a.watchdog);
     let delegate = watchdog.clone().map(|w| w as Arc<dyn cmd::Delegate>);
     let others_live = |other: &str| other != name && is_live(dir, other);
     let mut report = cmd::with_delegate(delegate, || {
         dns::restore(&dir.path, dir.netns.inode, name, &others_live);
-        let mut r = teardown::teardown_linux_interface(name, Some(&conf));
-        if r.gone && full_tunnel {
-            // wg-quick's down removes *every* `suppress_prefixlength 0` rule: put them back
-            // for full tunnels of live owners in this namespace.
-            let live_full = owner::list_classified(dir).into_iter().any(|o| match o {
-                Owner::Me(rec) => rec.name != name && rec.full_tunnel && get(&rec.name).is_some(),
-                Owner::Alive(rec) => rec.full_tunnel,
-                _ => false,
-            });
-            if live_full {
-                r.steps.push(teardown::restore_shared_rules());
+        let mut r = match &handle {
+            Some(t) => t.stop(),
+            None => {
+                let mut rec = record
+                    .clone()
+                    .unwrap_or_else(|| Record::orphan(name, &conf));
+                rec.conf_path = conf.clone();
+                backend::by_name(&backend_name).reap(&rec)
+            }
+        };
+        if r.gone && full_tunnel && backend::by_name(&backend_name).writes_config() {
+            let own_live = |n: &str| get(n).is_some();
+            if let Some(step) =
+                backend::wg_quick::restore_rules_of_live_tunnels(dir, name, &own_live)
+            {
+                r.steps.push(step);
             }
         }
         r
@@ -238,18 +267,21 @@ pub fn cleanup_locked(dir: &StateDir, name: &str, conf: Option<&Path>) -> Teardo
 /// not WireGuard). Never fails.
 pub fn teardown_named(name: &str, conf: Option<&Path>) -> TeardownReport {
     let _g = lock();
+    // This process's own tunnel goes through its handle even without a state directory.
+    let own_stop = || get(name).and_then(|a| a.tunnel).map(|t| t.stop());
     let dir = match StateDir::existing() {
         Ok(d) => d,
         Err(e) => {
             // Nothing of that directory is read; the interface itself can still go.
-            let mut r = teardown::teardown_linux_interface(name, conf);
+            let mut r =
+                own_stop().unwrap_or_else(|| teardown::teardown_linux_interface(name, conf));
             r.steps
                 .push(teardown::StepReport::note("state", &e.to_string()));
             return r;
         }
     };
     let Some(dir) = dir else {
-        return teardown::teardown_linux_interface(name, conf);
+        return own_stop().unwrap_or_else(|| teardown::teardown_linux_interface(name, conf));
     };
     if get(name).is_some() {
         return cleanup_locked(&dir, name, conf);
@@ -306,7 +338,10 @@ fn own_cleanup(which: impl Fn(&Active) -> bool) -> Vec<TeardownReport> {
                 .map(|n| {
                     let a = get(n);
                     let conf = a.as_ref().map(|a| a.conf_path.clone());
-                    let mut r = teardown::teardown_linux_interface(n, conf.as_deref());
+                    let mut r = match a.as_ref().and_then(|a| a.tunnel.clone()) {
+                        Some(t) => t.stop(),
+                        None => teardown::teardown_linux_interface(n, conf.as_deref()),
+                    };
                     r.steps.push(teardown::StepReport::note("state", &why));
                     if r.gone {
                         lock_mutex(&ACTIVE).retain(|x| x.name != *n);

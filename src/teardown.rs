@@ -246,51 +246,6 @@ pub fn teardown_linux_interface(name: &str, conf_path: Option<&Path>) -> Teardow
     report
 }
 
-/// Put back the `suppress_prefixlength 0` rules (IPv4, and IPv6 where enabled) that wg-quick's
-/// down removes all of, when another live full tunnel of ours still needs them.
-pub fn restore_shared_rules() -> StepReport {
-    let t = std::time::Instant::now();
-    let mut done = Vec::new();
-    if let Some(ip) = cmd::find_program("ip") {
-        let fams: &[&str] = if netdev::ipv6_enabled() {
-            &["-4", "-6"]
-        } else {
-            &["-4"]
-        };
-        for fam in fams {
-            let present = cmd::run(&ip, &[*fam, "rule", "show"], None, STEP_TIMEOUT)
-                .map(|o| o.stdout.contains("suppress_prefixlength 0"))
-                .unwrap_or(true);
-            if present {
-                continue;
-            }
-            let args = [
-                *fam,
-                "rule",
-                "add",
-                "table",
-                "main",
-                "suppress_prefixlength",
-                "0",
-            ];
-            if cmd::run(&ip, &args, None, STEP_TIMEOUT).is_ok_and(|o| o.success) {
-                done.push(format!("{fam} rule suppress_prefixlength 0"));
-            }
-        }
-    }
-    StepReport {
-        step: "shared-rules".into(),
-        ran: true,
-        ok: true,
-        detail: if done.is_empty() {
-            "still in place".into()
-        } else {
-            format!("restored {} for another live full tunnel", done.join(", "))
-        },
-        elapsed_ms: t.elapsed().as_secs_f64() * 1000.0,
-    }
-}
-
 /// After a bare `ip link delete`: remove wg-quick's nft table for this interface and the
 /// policy rules of a full tunnel whose routing table is now empty (wg-quick's `fwmark T
 /// lookup T` pairs and, when none is left, its `suppress_prefixlength 0` rule).

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::backend::{self, Backend};
+use crate::backend::{self, Backend, UpContext};
 use crate::cmd;
 use crate::confdir;
 use crate::config::{RawConfig, TunnelConfig};
@@ -21,11 +21,21 @@ use crate::watchdog::Watchdog;
 /// How long the kernel may take to show the interface up after `wg-quick up` returned.
 const READY_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How `connect` should bring the tunnel up, besides the config.
+#[derive(Default)]
+pub struct ConnectOptions {
+    /// `auto`, `embedded`, `wg-quick` or `kernel` (None: `BLUE_WG_BACKEND`, else `auto`).
+    pub backend: Option<String>,
+    /// The async runtime the embedded backend runs on (napi's, in the addon).
+    pub runtime: Option<tokio::runtime::Handle>,
+}
+
 /// What `connect` brought up.
 #[derive(Debug, Clone)]
 pub struct TunnelInfo {
     pub name: String,
-    pub config_path: String,
+    /// The key file (wg-quick backend only).
+    pub config_path: Option<String>,
     pub backend: String,
     pub full_tunnel: bool,
     pub addresses: Vec<String>,
@@ -105,22 +115,14 @@ pub fn read_config_file(path: &std::path::Path) -> Result<RawConfig> {
     Ok(raw)
 }
 
-/// Refuse a caller who may not manage interfaces, before anything is written or run
-/// (wg-quick would otherwise re-run itself under sudo and wait for a password).
-pub fn check_privileges() -> Result<()> {
-    if confdir::euid() != 0 {
-        return Err(WgError::PermissionDenied(format!(
-            "managing WireGuard interfaces needs root (euid is {}); run the agent as root, \
-             never through an interactive sudo",
-            confdir::euid()
-        )));
-    }
-    Ok(())
-}
-
 /// Bring a tunnel up. Converges over a stale interface of the same name; on any failure
 /// everything done so far is rolled back by the cleanup routine.
-pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Result<TunnelInfo> {
+pub fn connect(
+    raw: RawConfig,
+    owner: u64,
+    opts: ConnectOptions,
+    progress: &dyn Fn(&str, &str),
+) -> Result<TunnelInfo> {
     let t0 = Instant::now();
     let mut steps: Vec<(String, f64)> = Vec::new();
     let mark = |step: &str, detail: &str, steps: &mut Vec<(String, f64)>| {
@@ -130,13 +132,20 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
 
     let cfg = TunnelConfig::from_raw(raw)?;
     let name = cfg.name.clone();
+    let be: &dyn Backend = backend::select(opts.backend.as_deref())?;
     mark("validate", &name, &mut steps);
-    check_privileges()?;
-    let be: &dyn Backend = backend::default_backend();
+    // Refused before anything is written or run (wg-quick would otherwise re-run itself
+    // under sudo and wait for a password).
+    be.check_privileges()?;
     be.available()?;
     mark("preflight", be.name(), &mut steps);
 
-    let dir = confdir::ensure_private_dir()?;
+    // Only the wg-quick backend writes a key file; the native ones never touch the directory.
+    let dir = if be.writes_config() {
+        Some(confdir::ensure_private_dir()?)
+    } else {
+        None
+    };
     let state = StateDir::create()?;
     let _guard = registry::lock();
     // The start-of-process sweep: what dead owners left here goes first.
@@ -146,8 +155,12 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
         .map(|r| r.name)
         .collect();
     let (name, lock, replaced_own) = claim_name(&state, &cfg.name)?;
-    let conf: PathBuf = dir.join(format!("{name}.conf"));
-    mark("config-dir", &dir.to_string_lossy(), &mut steps);
+    // Where a wg-quick leftover of this name keeps its key file (converge removes it).
+    let conf: PathBuf = confdir::conf_path(&name);
+    match &dir {
+        Some(d) => mark("config-dir", &d.to_string_lossy(), &mut steps),
+        None => mark("state-dir", &state.path.to_string_lossy(), &mut steps),
+    }
 
     // Converge: a leftover of the same name (a killed run's) is the normal case. We hold the
     // name's lock, so no live owner of ours is at work on it.
@@ -208,15 +221,41 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
     } else {
         Some(Arc::new(Watchdog::spawn(&name)?))
     };
+    let ipv6 = netdev::ipv6_enabled();
+    // The key file (wg-quick only): an empty path in the record means none.
+    let key_file: PathBuf = if be.writes_config() {
+        conf.clone()
+    } else {
+        PathBuf::new()
+    };
     let mut record = Record::mine(
         &name,
         state.netns,
-        &conf,
+        &key_file,
         be.name(),
         cfg.full_tunnel(),
         cfg.dns.iter().map(IpAddr::to_string).collect(),
     );
     record.watchdog_pid = watchdog.as_ref().map(|w| w.pid);
+    if be.routes_full_tunnel() && cfg.full_tunnel() {
+        // Chosen and recorded before any rule exists, so whoever reaps it finds them all.
+        let taken: Vec<u32> = owner::list_classified(&state)
+            .into_iter()
+            .filter_map(|o| match o {
+                Owner::Me(r) | Owner::Alive(r) => r.table,
+                _ => None,
+            })
+            .collect();
+        match crate::routing::pick_table(&taken) {
+            Ok(t) => record.table = Some(t),
+            Err(e) => {
+                if let Some(w) = watchdog {
+                    w.dismiss();
+                }
+                return Err(WgError::setup("routing", e));
+            }
+        }
+    }
     if let Err(e) = owner::claim(&state, &record) {
         if let Some(w) = watchdog {
             w.dismiss();
@@ -232,30 +271,36 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
         &mut steps,
     );
 
-    let ipv6 = netdev::ipv6_enabled();
     registry::insert(Active {
         name: name.clone(),
-        conf_path: conf.clone(),
+        conf_path: key_file.clone(),
         full_tunnel: cfg.full_tunnel(),
         backend: be.name(),
         started: Instant::now(),
         owner,
         watchdog: watchdog.clone(),
         lock: Arc::new(lock),
+        tunnel: None,
     });
     let mut cfg = cfg;
     cfg.name = name.clone();
     let delegate = watchdog.clone().map(|w| w as Arc<dyn cmd::Delegate>);
     let result = cmd::with_delegate(delegate, || {
-        bring_up(be, &state, &cfg, &conf, ipv6, &mut |s, d| {
-            mark(s, d, &mut steps)
-        })
+        let mut progress = |s: &str, d: &str| mark(s, d, &mut steps);
+        let mut ctx = UpContext {
+            conf_path: &key_file,
+            ipv6,
+            table: record.table,
+            runtime: opts.runtime.as_ref(),
+            progress: &mut progress,
+        };
+        bring_up(be, &state, &cfg, &mut ctx)
     });
     let dns_method = match result {
         Ok(m) => m,
         Err(e) => {
             // Everything this call made (we hold the name, and it was clear before): undone.
-            registry::cleanup_locked(&state, &name, Some(&conf));
+            registry::cleanup_locked(&state, &name, Some(&key_file));
             return Err(e);
         }
     };
@@ -265,7 +310,9 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
     Ok(TunnelInfo {
         watchdog_pid: watchdog.map(|w| w.pid),
         name,
-        config_path: conf.to_string_lossy().into_owned(),
+        config_path: be
+            .writes_config()
+            .then(|| key_file.to_string_lossy().into_owned()),
         backend: be.name().into(),
         full_tunnel: cfg.full_tunnel(),
         addresses: fmt(&cfg.addresses),
@@ -323,7 +370,8 @@ fn claim_name(state: &StateDir, requested: &str) -> Result<(String, NameLock, bo
     let name = requested.to_string();
     let mut replaced = false;
     if registry::get(&name).is_some() {
-        if netdev::exists(&name) && !netdev::is_wireguard(&name) {
+        if netdev::exists(&name) && !registry::is_own_native(&name) && !netdev::is_wireguard(&name)
+        {
             return Err(WgError::NotWireGuard {
                 driver: netdev::driver(&name).unwrap_or_else(|| "unknown".into()),
                 name,
@@ -360,14 +408,11 @@ fn bring_up(
     be: &dyn Backend,
     state: &StateDir,
     cfg: &TunnelConfig,
-    conf: &std::path::Path,
-    ipv6: bool,
-    mark: &mut dyn FnMut(&str, &str),
+    ctx: &mut UpContext,
 ) -> Result<Option<dns::DnsMethod>> {
-    confdir::write_private_file(conf, cfg.render(ipv6).as_bytes())?;
-    mark("write-config", &conf.to_string_lossy());
-    be.up(cfg, conf)?;
-    mark("interface-up", &cfg.name);
+    let tunnel = be.up(cfg, ctx)?;
+    // From here on the cleanup routine stops the tunnel through its handle.
+    registry::set_tunnel(&cfg.name, Arc::from(tunnel));
     cmd::wait_until(READY_BOUND, || {
         netdev::link_state(&cfg.name).filter(|s| s.up)
     })
@@ -377,12 +422,12 @@ fn bring_up(
             format!("{} was not up within {:?}", cfg.name, READY_BOUND),
         )
     })?;
-    mark("kernel-ready", &cfg.name);
+    (ctx.progress)("kernel-ready", &cfg.name);
     if cfg.dns.is_empty() {
         return Ok(None);
     }
     let m = dns::apply(&state.path, state.netns.inode, &cfg.name, &cfg.dns)?;
-    mark("dns", m.as_str());
+    (ctx.progress)("dns", m.as_str());
     Ok(Some(m))
 }
 
@@ -404,14 +449,18 @@ pub fn disconnect(name: Option<&str>) -> Result<Option<TeardownReport>> {
         return Ok(registry::cleanup_own(&name));
     }
     let exists = netdev::exists(&name);
+    // Not ours: only with a trusted state directory (an unsafe one is refused, not read).
+    let state = StateDir::existing()?;
+    // A live owner's tunnel is refused as such (an embedded one is a plain tun device).
+    if let Some(Owner::Alive(r)) = state.as_ref().map(|s| owner::owner_of(s, &name)) {
+        return Err(WgError::NameInUse { name, pid: r.pid });
+    }
     if exists && !netdev::is_wireguard(&name) {
         return Err(WgError::NotWireGuard {
             driver: netdev::driver(&name).unwrap_or_else(|| "unknown".into()),
             name,
         });
     }
-    // Not ours: only with a trusted state directory (an unsafe one is refused, not read).
-    let state = StateDir::existing()?;
     let conf = confdir::conf_path(&name);
     let Some(state) = state else {
         if !exists {

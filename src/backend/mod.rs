@@ -1,24 +1,184 @@
-//! Ways of bringing a tunnel up. One trait; one file per backend. Taking a tunnel down is
-//! backend-independent (`teardown`), so a new process can remove what any backend left.
+//! Ways of bringing a tunnel up: one seam, one file per backend.
+//!
+//! A `Backend` brings a tunnel up and returns a `Tunnel` handle that owns it (stats, live
+//! reconfiguration, stop); the registry keeps the handle while the tunnel lives. A backend
+//! can also `reap` what a dead owner's tunnel of its kind left, from the ownership record
+//! alone (the watchdog and the sweep run in other processes, with no handle). Routing
+//! (`routing`) and DNS (`dns`) are modules beside the backends; the cleanup routine restores
+//! DNS itself, before the backend removes the tunnel.
+//!
+//! - `wg-quick`: `wg-quick up` of a rendered file (kernel module or wireguard-go).
+//! - `embedded`: WireGuard inside this process (gotatun) on a non-persistent tun, routing
+//!   over rtnetlink; no subprocess, no key file.
+//! - `kernel`: not implemented yet (refused with `WG_NOT_AVAILABLE`).
 
 use std::path::Path;
 
 use crate::config::TunnelConfig;
-use crate::error::Result;
+use crate::error::{Result, WgError};
+use crate::owner::Record;
+use crate::teardown::TeardownReport;
 
+pub mod embedded;
 pub mod wg_quick;
 
-pub trait Backend: Send + Sync {
-    /// A short name reported to the caller, e.g. `wg-quick`.
-    fn name(&self) -> &'static str;
-    /// Ok when a tunnel can really be brought up on this host; `WG_NOT_AVAILABLE` otherwise.
-    fn available(&self) -> Result<()>;
-    /// Bring the interface up from the rendered config at `conf_path`. On error the caller
-    /// runs the cleanup routine; the backend need not roll back itself.
-    fn up(&self, cfg: &TunnelConfig, conf_path: &Path) -> Result<()>;
+/// Counters of a live tunnel, read from the device itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Milliseconds since the last completed handshake; None before the first.
+    pub last_handshake_ms: Option<f64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
 }
 
-/// The backend used on this host.
-pub fn default_backend() -> &'static dyn Backend {
-    &wg_quick::WgQuick
+/// A live tunnel, owned by this handle.
+pub trait Tunnel: Send + Sync {
+    fn name(&self) -> &str;
+    fn backend(&self) -> &'static str;
+    /// What the device says now.
+    fn stats(&self) -> Result<Stats>;
+    /// Change the peer's allowed IPs (and their routes) without taking the tunnel down.
+    fn set_config(&self, cfg: &TunnelConfig) -> Result<()>;
+    /// Take the tunnel down: interface, routes, rules and the key file, if any (DNS is the
+    /// cleanup routine's). Idempotent; never fails: the report says what was done.
+    fn stop(&self) -> TeardownReport;
+}
+
+/// What `up` needs besides the config.
+pub struct UpContext<'a> {
+    /// The key file to write and hand to wg-quick (unused by the native backends).
+    pub conf_path: &'a Path,
+    /// IPv6 is enabled in this namespace (else `::/0` is left out).
+    pub ipv6: bool,
+    /// The full tunnel's routing table and fwmark (recorded before `up`); None for a split
+    /// tunnel or a backend that picks its own.
+    pub table: Option<u32>,
+    /// The async runtime of the embedded backend (napi's, in the addon).
+    pub runtime: Option<&'a tokio::runtime::Handle>,
+    /// Progress events: (step, detail).
+    pub progress: &'a mut dyn FnMut(&str, &str),
+}
+
+pub trait Backend: Send + Sync {
+    /// The name reported to the caller and written in ownership records, e.g. `wg-quick`.
+    fn name(&self) -> &'static str;
+    /// Ok when a tunnel can really be brought up on this host; `WG_NOT_AVAILABLE` otherwise.
+    /// Cheap: no subprocess.
+    fn available(&self) -> Result<()>;
+    /// `WG_PERMISSION_DENIED` when this process may not run this backend.
+    fn check_privileges(&self) -> Result<()>;
+    /// The backend writes a key file for an external tool (only wg-quick).
+    fn writes_config(&self) -> bool {
+        false
+    }
+    /// The backend routes a full tunnel itself through a table of ours (chosen and recorded
+    /// by the caller before `up`).
+    fn routes_full_tunnel(&self) -> bool {
+        false
+    }
+    /// Bring the tunnel up. On error the backend has removed what it made; the caller then
+    /// runs the cleanup routine (which reaps by the record) as well.
+    fn up(&self, cfg: &TunnelConfig, ctx: &mut UpContext) -> Result<Box<dyn Tunnel>>;
+    /// Remove what a tunnel of this backend left, knowing only its record (its owner is
+    /// dead, or it never got a handle). Never fails.
+    fn reap(&self, record: &Record) -> TeardownReport;
+}
+
+pub const AUTO: &str = "auto";
+pub const KERNEL: &str = "kernel";
+/// The values `options.backend` and `BLUE_WG_BACKEND` accept.
+pub const CHOICES: [&str; 4] = [AUTO, embedded::NAME, wg_quick::NAME, KERNEL];
+
+/// The backend of a record (an old record or one without a backend: wg-quick).
+pub fn by_name(name: &str) -> &'static dyn Backend {
+    match name {
+        embedded::NAME => &embedded::Embedded,
+        _ => &wg_quick::WgQuick,
+    }
+}
+
+/// Check a requested backend name (`field` names where it came from).
+pub fn parse_choice(field: &str, v: &str) -> Result<&'static str> {
+    CHOICES.iter().copied().find(|c| *c == v).ok_or_else(|| {
+        WgError::invalid(
+            field,
+            format!("must be one of {}, got {v:?}", CHOICES.join(", ")),
+        )
+    })
+}
+
+/// The choice of the environment (`BLUE_WG_BACKEND`), if set.
+pub fn env_choice() -> Result<Option<&'static str>> {
+    match std::env::var("BLUE_WG_BACKEND") {
+        Ok(v) if !v.is_empty() => parse_choice("BLUE_WG_BACKEND", &v).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// The backend for a connect: `requested` (already checked by `parse_choice`), else
+/// `BLUE_WG_BACKEND`, else `auto`. `auto` takes the embedded backend where it can run
+/// (`/dev/net/tun` and CAP_NET_ADMIN), else wg-quick.
+pub fn select(requested: Option<&str>) -> Result<&'static dyn Backend> {
+    let choice = match requested {
+        Some(c) => parse_choice("options.backend", c)?,
+        None => env_choice()?.unwrap_or(AUTO),
+    };
+    match choice {
+        KERNEL => Err(WgError::NotAvailable(
+            "the kernel backend is not implemented yet; use 'auto', 'embedded' or 'wg-quick'"
+                .into(),
+        )),
+        AUTO => {
+            let emb = embedded::Embedded;
+            match emb.available() {
+                Ok(()) => Ok(&embedded::Embedded),
+                Err(e1) => match wg_quick::WgQuick.available() {
+                    Ok(()) => Ok(&wg_quick::WgQuick),
+                    Err(e2) => Err(WgError::NotAvailable(format!(
+                        "no backend can run here: embedded: {e1}; wg-quick: {e2}"
+                    ))),
+                },
+            }
+        }
+        other => Ok(by_name(other)),
+    }
+}
+
+/// Why no backend can run here, or None when one can (for `availability()`). Cheap.
+pub fn unavailable_reason() -> Option<String> {
+    let e1 = embedded::Embedded.available().err()?;
+    let e2 = wg_quick::WgQuick.available().err()?;
+    Some(format!("embedded: {e1}; wg-quick: {e2}"))
+}
+
+/// Does this process have `cap` in its effective capability set?
+pub fn has_capability(cap: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|bits| bits & (1u64 << cap) != 0)
+}
+
+pub const CAP_NET_ADMIN: u32 = 12;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choices_are_checked_and_kernel_is_refused_for_now() {
+        assert_eq!(parse_choice("x", "embedded").unwrap(), "embedded");
+        let e = parse_choice("options.backend", "boringtun").unwrap_err();
+        assert_eq!(e.code(), "INVALID_OPTIONS");
+        assert!(e.to_string().contains("options.backend"));
+        let e = select(Some("kernel")).err().unwrap();
+        assert_eq!(e.code(), "WG_NOT_AVAILABLE");
+        assert!(e.to_string().contains("not implemented"));
+        assert_eq!(by_name("").name(), "wg-quick");
+        assert_eq!(by_name("embedded").name(), "embedded");
+    }
 }

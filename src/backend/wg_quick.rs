@@ -1,17 +1,58 @@
 //! The wg-quick backend: `wg-quick up <conf>` with the kernel module or a userspace
-//! implementation (`wireguard-go`, or `WG_QUICK_USERSPACE_IMPLEMENTATION`).
+//! implementation (`wireguard-go`, or `WG_QUICK_USERSPACE_IMPLEMENTATION`). The key file is
+//! rendered here (`config::TunnelConfig::render`) and written 0600 to the private config
+//! directory; the tunnel is taken down by `teardown::teardown_linux_interface` (its three
+//! steps: `wg-quick down <conf>`, `wg-quick down <name>`, `ip link delete`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::Backend;
+use super::{Backend, Stats, Tunnel, UpContext};
 use crate::cmd;
+use crate::confdir;
 use crate::config::TunnelConfig;
 use crate::error::{Result, WgError};
+use crate::owner::{self, Owner, Record};
+use crate::state::StateDir;
+use crate::teardown::{self, StepReport, TeardownReport};
 
 const UP_TIMEOUT: Duration = Duration::from_secs(20);
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+pub const NAME: &str = "wg-quick";
 
 pub struct WgQuick;
+
+/// A tunnel brought up by `wg-quick up <conf>`.
+pub struct WgQuickTunnel {
+    name: String,
+    conf: PathBuf,
+}
+
+impl Tunnel for WgQuickTunnel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn backend(&self) -> &'static str {
+        NAME
+    }
+
+    fn stats(&self) -> Result<Stats> {
+        Err(WgError::NotAvailable(
+            "stats are not supported by the wg-quick backend yet".into(),
+        ))
+    }
+
+    fn set_config(&self, _cfg: &TunnelConfig) -> Result<()> {
+        Err(WgError::NotAvailable(
+            "live reconfiguration is not supported by the wg-quick backend yet".into(),
+        ))
+    }
+
+    fn stop(&self) -> TeardownReport {
+        teardown::teardown_linux_interface(&self.name, Some(&self.conf))
+    }
+}
 
 /// The userspace implementation wg-quick would start when the kernel has no module.
 fn userspace_impl() -> Option<PathBuf> {
@@ -57,7 +98,24 @@ pub fn unavailable_reason() -> Option<String> {
 
 impl Backend for WgQuick {
     fn name(&self) -> &'static str {
-        "wg-quick"
+        NAME
+    }
+
+    fn writes_config(&self) -> bool {
+        true
+    }
+
+    /// wg-quick re-runs itself under sudo when not root (and may wait for a password):
+    /// refused before anything is written or run.
+    fn check_privileges(&self) -> Result<()> {
+        if confdir::euid() != 0 {
+            return Err(WgError::PermissionDenied(format!(
+                "the wg-quick backend needs root (euid is {}); run the agent as root, never \
+                 through an interactive sudo, or use the embedded backend with CAP_NET_ADMIN",
+                confdir::euid()
+            )));
+        }
+        Ok(())
     }
 
     fn available(&self) -> Result<()> {
@@ -67,16 +125,112 @@ impl Backend for WgQuick {
         }
     }
 
-    fn up(&self, _cfg: &TunnelConfig, conf_path: &Path) -> Result<()> {
+    fn up(&self, cfg: &TunnelConfig, ctx: &mut UpContext) -> Result<Box<dyn Tunnel>> {
+        let conf_path = ctx.conf_path;
+        confdir::write_private_file(conf_path, cfg.render(ctx.ipv6).as_bytes())?;
+        (ctx.progress)("write-config", &conf_path.to_string_lossy());
         let wq = cmd::find_program("wg-quick")
             .ok_or_else(|| WgError::NotAvailable("wg-quick is not installed".into()))?;
         let conf = conf_path.to_string_lossy();
         let out = cmd::run(&wq, &["up", conf.as_ref()], None, UP_TIMEOUT)
             .map_err(|e| WgError::setup("wg-quick up", e))?;
-        if out.success {
-            Ok(())
-        } else {
-            Err(WgError::setup("wg-quick up", out.describe()))
+        if !out.success {
+            return Err(WgError::setup("wg-quick up", out.describe()));
         }
+        (ctx.progress)("interface-up", &cfg.name);
+        Ok(Box::new(WgQuickTunnel {
+            name: cfg.name.clone(),
+            conf: conf_path.to_path_buf(),
+        }))
+    }
+
+    fn reap(&self, record: &Record) -> TeardownReport {
+        teardown::teardown_linux_interface(&record.name, Some(&record.conf_path))
+    }
+}
+
+/// After a wg-quick full tunnel `name` went down: wg-quick's down removes *every*
+/// `suppress_prefixlength 0` rule, also those of other live full tunnels of this namespace.
+/// Put back what they need: the exact rules of native (embedded) ones, and wg-quick's
+/// generic rule for wg-quick ones.
+pub fn restore_rules_of_live_tunnels(
+    dir: &StateDir,
+    name: &str,
+    is_own_live: &dyn Fn(&str) -> bool,
+) -> Option<StepReport> {
+    let live: Vec<Record> = owner::list_classified(dir)
+        .into_iter()
+        .filter_map(|o| match o {
+            Owner::Me(rec) if rec.name != name && is_own_live(&rec.name) => Some(rec),
+            Owner::Alive(rec) => Some(rec),
+            _ => None,
+        })
+        .filter(|r| r.full_tunnel)
+        .collect();
+    if live.is_empty() {
+        return None;
+    }
+    let mut step = if live.iter().any(|r| r.backend != super::embedded::NAME) {
+        restore_shared_rules()
+    } else {
+        StepReport::note("shared-rules", "")
+    };
+    let mut done = Vec::new();
+    for r in live.iter().filter(|r| r.backend == super::embedded::NAME) {
+        if let Some(t) = r.table {
+            let fams = [crate::routing::Family::V4, crate::routing::Family::V6];
+            done.extend(crate::routing::ensure_full_tunnel_rules(t, &fams));
+        }
+    }
+    if !done.is_empty() {
+        step.ran = true;
+        step.ok = true;
+        step.detail = format!("{}; restored {}", step.detail, done.join(", "));
+    }
+    Some(step)
+}
+
+/// Put back the `suppress_prefixlength 0` rules (IPv4, and IPv6 where enabled) that wg-quick's
+/// down removes all of, when another live wg-quick full tunnel still needs them.
+fn restore_shared_rules() -> StepReport {
+    let t = std::time::Instant::now();
+    let mut done = Vec::new();
+    if let Some(ip) = cmd::find_program("ip") {
+        let fams: &[&str] = if crate::netdev::ipv6_enabled() {
+            &["-4", "-6"]
+        } else {
+            &["-4"]
+        };
+        for fam in fams {
+            let present = cmd::run(&ip, &[*fam, "rule", "show"], None, STEP_TIMEOUT)
+                .map(|o| o.stdout.contains("suppress_prefixlength 0"))
+                .unwrap_or(true);
+            if present {
+                continue;
+            }
+            let args = [
+                *fam,
+                "rule",
+                "add",
+                "table",
+                "main",
+                "suppress_prefixlength",
+                "0",
+            ];
+            if cmd::run(&ip, &args, None, STEP_TIMEOUT).is_ok_and(|o| o.success) {
+                done.push(format!("{fam} rule suppress_prefixlength 0"));
+            }
+        }
+    }
+    StepReport {
+        step: "shared-rules".into(),
+        ran: true,
+        ok: true,
+        detail: if done.is_empty() {
+            "still in place".into()
+        } else {
+            format!("restored {} for another live full tunnel", done.join(", "))
+        },
+        elapsed_ms: t.elapsed().as_secs_f64() * 1000.0,
     }
 }

@@ -1,0 +1,395 @@
+//! The embedded backend: WireGuard inside this process (`gotatun`, Mullvad's maintained fork
+//! of boringtun) on a tun device that is not persistent, so the kernel deletes the interface
+//! the moment the process dies, however it dies. Routing over rtnetlink (`routing`); DNS by
+//! the caller (`dns`). No subprocess, and the private key goes from memory to the device,
+//! never to a file.
+//!
+//! gotatun is async: it runs on the tokio runtime handed in through `UpContext::runtime`
+//! (napi's own, in the addon: no second runtime, no extra threads, no signal handling). Its
+//! `Device` must be stopped inside that runtime (its destructor needs one), so `stop` does it
+//! explicitly, bounded. The runtime's threads are not libuv handles: nothing here keeps the
+//! Node event loop alive.
+//!
+//! What a dead owner leaves: the tun and every route on it are gone with the process; the
+//! full tunnel's policy rules stay (falling through to the main table, so nothing is
+//! black-holed) until `reap` removes them by exact match, from the table in the record.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use gotatun::device::{self, DefaultDeviceTransports, Device, Peer};
+use gotatun::tun::tun_async_device::TunDevice;
+use gotatun::x25519::{PublicKey, StaticSecret};
+use ipnet::IpNet;
+
+use super::{Backend, Stats, Tunnel, UpContext};
+use crate::cmd;
+use crate::config::TunnelConfig;
+use crate::error::{Result, WgError};
+use crate::netdev;
+use crate::owner::Record;
+use crate::routing;
+use crate::teardown::{StepReport, TeardownReport};
+
+pub const NAME: &str = "embedded";
+/// How long the kernel may take to remove the tun once its last descriptor is closed.
+const GONE_BOUND: Duration = Duration::from_secs(2);
+/// How long stopping the device may take (it only stops its own tasks).
+const STOP_BOUND: Duration = Duration::from_secs(2);
+const TUN_DEVICE: &str = "/dev/net/tun";
+/// wireguard-go (what nodes run) drops a handshake initiation that arrives within 20 ms of
+/// the last one it accepted from the same peer (its flood guard); the initiator then retries
+/// only after REKEY_TIMEOUT (5 s). A new device for a node whose previous device of ours
+/// stopped less than this ago waits for the rest of it before it starts.
+const HANDSHAKE_GAP: Duration = Duration::from_millis(25);
+
+/// When this process last stopped a device for each node (by the node's public key).
+static LAST_STOP: Mutex<Vec<([u8; 32], Instant)>> = Mutex::new(Vec::new());
+
+fn note_stop(node: [u8; 32]) {
+    let mut v = LAST_STOP.lock().unwrap_or_else(|p| p.into_inner());
+    v.retain(|(k, t)| *k != node && t.elapsed() < HANDSHAKE_GAP);
+    v.push((node, Instant::now()));
+}
+
+/// Wait until `HANDSHAKE_GAP` has passed since the last device for `node` stopped.
+fn wait_handshake_gap(node: [u8; 32]) {
+    let stopped = LAST_STOP
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(k, _)| *k == node)
+        .map(|(_, t)| *t);
+    if let Some(t) = stopped {
+        cmd::wait_until(HANDSHAKE_GAP, || {
+            (t.elapsed() >= HANDSHAKE_GAP).then_some(())
+        });
+    }
+}
+
+type Dev = Device<DefaultDeviceTransports>;
+
+pub struct Embedded;
+
+/// Why the embedded backend cannot run here, or None.
+pub fn unavailable_reason() -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(TUN_DEVICE) {
+        Ok(m) if m.file_type().is_char_device() => {}
+        _ => {
+            return Some(format!(
+                "{TUN_DEVICE} is missing (in a container: --device /dev/net/tun)"
+            ))
+        }
+    }
+    if !super::has_capability(super::CAP_NET_ADMIN) {
+        return Some(
+            "this process lacks CAP_NET_ADMIN (run as root, or grant the capability)".into(),
+        );
+    }
+    None
+}
+
+fn step(name: &str, ok: bool, detail: String, t: Instant) -> StepReport {
+    StepReport {
+        step: name.into(),
+        ran: true,
+        ok,
+        detail,
+        elapsed_ms: t.elapsed().as_secs_f64() * 1000.0,
+    }
+}
+
+/// Remove the full tunnel's rules recorded as `table`; a step for the report.
+fn rules_step(table: u32) -> StepReport {
+    let t = Instant::now();
+    let done = routing::remove_full_tunnel_rules(table);
+    let ok = !done.iter().any(|d| d.contains("NOT removed"));
+    let detail = if done.is_empty() {
+        format!("no rules of table {table} left")
+    } else {
+        format!("removed {}", done.join(", "))
+    };
+    step("rules", ok, detail, t)
+}
+
+/// Wait (bounded) until the kernel has removed `name`; true when it is gone.
+fn wait_gone(name: &str) -> bool {
+    cmd::wait_until(GONE_BOUND, || (!netdev::exists(name)).then_some(())).is_some()
+}
+
+fn resolve(ep: &crate::config::Endpoint) -> Result<SocketAddr> {
+    // An IP literal resolves without any lookup; a hostname through the C library
+    // (in-process, no program is run).
+    (ep.host.as_str(), ep.port)
+        .to_socket_addrs()
+        .map_err(|e| WgError::setup("endpoint", format!("cannot resolve {}: {e}", ep.host)))?
+        .next()
+        .ok_or_else(|| WgError::setup("endpoint", format!("{} has no address", ep.host)))
+}
+
+fn network(n: &IpNet) -> ipnetwork::IpNetwork {
+    ipnetwork::IpNetwork::new(n.addr(), n.prefix_len()).expect("a valid prefix length")
+}
+
+/// A tunnel served by gotatun inside this process.
+pub struct EmbeddedTunnel {
+    name: String,
+    runtime: tokio::runtime::Handle,
+    device: Mutex<Option<Dev>>,
+    peer: PublicKey,
+    /// The full tunnel's table (and fwmark), whose rules `stop` removes.
+    table: Option<u32>,
+}
+
+impl EmbeddedTunnel {
+    /// Stop the device inside its runtime; its tun goes when its last reference does.
+    fn stop_device(&self) -> Option<StepReport> {
+        let dev = self
+            .device
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        let t = Instant::now();
+        let rt = self.runtime.clone();
+        // Never let a panic of the device (or a runtime being shut down) escape an exit path.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            rt.block_on(async move { tokio::time::timeout(STOP_BOUND, dev.stop()).await.is_ok() })
+        }));
+        note_stop(self.peer.to_bytes());
+        let (ok, detail) = match r {
+            Ok(true) => (true, "stopped".to_string()),
+            Ok(false) => (false, format!("did not stop within {STOP_BOUND:?}")),
+            Err(_) => (false, "the device panicked while stopping".to_string()),
+        };
+        Some(step("stop device", ok, detail, t))
+    }
+}
+
+impl Tunnel for EmbeddedTunnel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn backend(&self) -> &'static str {
+        NAME
+    }
+
+    fn stats(&self) -> Result<Stats> {
+        let guard = self.device.lock().unwrap_or_else(|p| p.into_inner());
+        let dev = guard
+            .as_ref()
+            .ok_or_else(|| WgError::setup("stats", "the tunnel is stopped"))?;
+        let peers = self.runtime.block_on(dev.peers());
+        let p = peers
+            .into_iter()
+            .find(|p| p.peer.public_key == self.peer)
+            .ok_or_else(|| WgError::setup("stats", "the peer is gone"))?;
+        Ok(Stats {
+            last_handshake_ms: p.stats.last_handshake.map(|d| d.as_secs_f64() * 1000.0),
+            rx_bytes: p.stats.rx_bytes as u64,
+            tx_bytes: p.stats.tx_bytes as u64,
+        })
+    }
+
+    fn set_config(&self, _cfg: &TunnelConfig) -> Result<()> {
+        Err(WgError::NotAvailable(
+            "live reconfiguration is not supported by the embedded backend yet".into(),
+        ))
+    }
+
+    fn stop(&self) -> TeardownReport {
+        let existed = netdev::exists(&self.name);
+        let mut steps = Vec::new();
+        steps.extend(self.stop_device());
+        let gone = wait_gone(&self.name);
+        if !gone {
+            steps.push(StepReport::note(
+                "wait",
+                &format!(
+                    "{} was still there {GONE_BOUND:?} after the device stopped",
+                    self.name
+                ),
+            ));
+        }
+        if let Some(t) = self.table {
+            steps.push(rules_step(t));
+        }
+        TeardownReport {
+            name: self.name.clone(),
+            existed,
+            gone,
+            steps,
+            config_removed: false,
+            config_path: None,
+        }
+    }
+}
+
+impl Drop for EmbeddedTunnel {
+    fn drop(&mut self) {
+        // A handle dropped without `stop` (it should not happen) still stops its device
+        // inside the runtime, as gotatun requires.
+        let _ = self.stop_device();
+    }
+}
+
+impl Backend for Embedded {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn available(&self) -> Result<()> {
+        match unavailable_reason() {
+            None => Ok(()),
+            Some(why) => Err(WgError::NotAvailable(why)),
+        }
+    }
+
+    fn check_privileges(&self) -> Result<()> {
+        if super::has_capability(super::CAP_NET_ADMIN) {
+            Ok(())
+        } else {
+            Err(WgError::PermissionDenied(
+                "the embedded backend needs CAP_NET_ADMIN (root, setcap cap_net_admin+ep on \
+                 node, or systemd AmbientCapabilities=CAP_NET_ADMIN)"
+                    .into(),
+            ))
+        }
+    }
+
+    fn routes_full_tunnel(&self) -> bool {
+        true
+    }
+
+    fn up(&self, cfg: &TunnelConfig, ctx: &mut UpContext) -> Result<Box<dyn Tunnel>> {
+        let runtime = ctx
+            .runtime
+            .cloned()
+            .ok_or_else(|| WgError::setup("embedded", "no async runtime was given"))?;
+        let allowed: Vec<IpNet> = cfg
+            .peer
+            .allowed_ips
+            .iter()
+            .filter(|n| ctx.ipv6 || n.addr().is_ipv4())
+            .copied()
+            .collect();
+        let full = allowed.iter().any(|n| n.prefix_len() == 0);
+        let table =
+            if full {
+                Some(ctx.table.ok_or_else(|| {
+                    WgError::setup("routing", "a full tunnel needs a routing table")
+                })?)
+            } else {
+                None
+            };
+        let endpoint = resolve(&cfg.peer.endpoint)?;
+
+        // The tun: created by this process, not persistent (gone with the last descriptor).
+        let _enter = runtime.enter();
+        let mut tc = gotatun::tun::tun::Configuration::default();
+        tc.tun_name(&cfg.name).mtu(cfg.mtu);
+        let tun = gotatun::tun::tun::create_as_async(&tc)
+            .map_err(|e| WgError::setup("tun", format!("cannot create {}: {e}", cfg.name)))?;
+        let tun = TunDevice::from_tun_device(tun)
+            .map_err(|e| WgError::setup("tun", format!("{}: {e}", cfg.name)))?;
+        let index = netdev::index(&cfg.name)
+            .ok_or_else(|| WgError::setup("tun", format!("{} did not appear", cfg.name)))?;
+
+        let peer_key = PublicKey::from(cfg.peer.public_key.0);
+        let mut peer = Peer::new(peer_key)
+            .with_endpoint(endpoint)
+            .with_allowed_ips(allowed.iter().map(network));
+        if cfg.peer.persistent_keepalive > 0 {
+            peer.keepalive = Some(cfg.peer.persistent_keepalive);
+        }
+        if let Some(psk) = &cfg.peer.preshared_key {
+            peer = peer.with_preshared_key(psk.0);
+        }
+        wait_handshake_gap(cfg.peer.public_key.0);
+        let mut builder = device::build()
+            .with_default_udp()
+            .with_ip(tun)
+            .with_private_key(StaticSecret::from(cfg.private_key.0))
+            .with_peer(peer);
+        if let Some(mark) = table {
+            // Its UDP packets carry the mark, so the `not fwmark` rule lets them out.
+            builder = builder.with_fwmark(mark);
+        }
+        let dev = runtime
+            .block_on(builder.build())
+            .map_err(|e| WgError::setup("device", e.to_string()))?;
+        let tunnel = EmbeddedTunnel {
+            name: cfg.name.clone(),
+            runtime: runtime.clone(),
+            device: Mutex::new(Some(dev)),
+            peer: peer_key,
+            table,
+        };
+        (ctx.progress)("interface-up", &cfg.name);
+
+        match routing::up(index, cfg.mtu as u32, &cfg.addresses, &allowed, table) {
+            Ok(routed) => {
+                let mut detail = match routed.table {
+                    Some(t) => format!(
+                        "full tunnel: table {t}, fwmark {t:#x}, rules for {}",
+                        routed
+                            .families
+                            .iter()
+                            .map(|f| f.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
+                    None => format!("{} route(s)", allowed.len()),
+                };
+                for n in &routed.notes {
+                    detail.push_str("; note: ");
+                    detail.push_str(n);
+                }
+                (ctx.progress)("routing", &detail);
+                Ok(Box::new(tunnel))
+            }
+            Err(e) => {
+                drop(_enter);
+                tunnel.stop();
+                Err(WgError::setup("routing", e))
+            }
+        }
+    }
+
+    fn reap(&self, record: &Record) -> TeardownReport {
+        let existed = netdev::exists(&record.name);
+        let mut steps = Vec::new();
+        // The kernel removes the tun with its owner; a just-killed owner may need a moment.
+        let gone = !existed || wait_gone(&record.name);
+        if !gone {
+            steps.push(StepReport::note(
+                "wait",
+                &format!(
+                    "{} is still there: its owner's descriptor is open somewhere",
+                    record.name
+                ),
+            ));
+        } else if existed {
+            steps.push(StepReport::note(
+                "tun",
+                "the kernel removed the tun with its owner",
+            ));
+        }
+        if let Some(t) = record.table {
+            steps.push(rules_step(t));
+        }
+        if steps.is_empty() {
+            steps.push(StepReport::note("all", "nothing was left"));
+        }
+        TeardownReport {
+            name: record.name.clone(),
+            existed,
+            gone,
+            steps,
+            config_removed: false,
+            config_path: None,
+        }
+    }
+}
