@@ -17,6 +17,13 @@ before(async () => {
 })
 after(() => tb && tb.down())
 
+/** An HTTP GET from the cli namespace (outside any agent) succeeds. */
+async function reachable(url) {
+  const net = require.resolve('../testbed/fixtures/net.js')
+  const js = `require(${JSON.stringify(net)}).get(${JSON.stringify(url)}, 2000).then((r) => process.exit(r.ok ? 0 : 1))`
+  return (await tb.execCli(process.execPath, ['-e', js])).code === 0
+}
+
 const fullPlan = (name, extra = {}) => ({
   config: tb.tunnelConfig(0, { allowedIps: FULL, name }),
   fetch: [`http://${tb.httpTunnelHost}/`],
@@ -35,10 +42,19 @@ test('the seed: a SIGKILLed full tunnel on wgsent0 does not wedge the next conne
   await a.next('waiting')
   a.child.kill('SIGKILL')
   assert.equal((await a.exited).status, 137)
-  // What a killed run leaves under wireguard-go: the interface, tunnel DNS and the key file.
-  assert.equal(await linkExists(tb, 'wgsent0'), true)
   assert.match(fs.readFileSync(resolvConfPath(tb), 'utf8'), /nameserver 10\.8\.0\.1/)
-  assert.equal(fs.existsSync(`${tmp}/sentinel-wg/wgsent0.conf`), true)
+  if (info.backend === 'embedded') {
+    // What a killed embedded run leaves: tunnel DNS and the policy rules; the tun went with
+    // the process, and the rules fall through to the main table (nothing is black-holed).
+    assert.equal(await linkExists(tb, 'wgsent0'), false)
+    assert.match((await tb.execCli('ip', ['-4', 'rule', 'show'])).stdout, /suppress_prefixlength 0/)
+    assert.equal(fs.existsSync(`${tmp}/sentinel-wg`), false, 'no key file was ever written')
+    assert.equal(await reachable(`http://${tb.endpoint.split(':')[0]}/after-kill`), true, 'traffic black-holed')
+  } else {
+    // What a killed run leaves under wireguard-go: the interface, tunnel DNS and the key file.
+    assert.equal(await linkExists(tb, 'wgsent0'), true)
+    assert.equal(fs.existsSync(`${tmp}/sentinel-wg/wgsent0.conf`), true)
+  }
 
   const r = await runAgent(tb, fullPlan(undefined, { resolve: tb.dnsName, then: 'disconnect' }), { tmp })
   const connected = r.event('connected')
@@ -100,7 +116,13 @@ test('BLUE_WG_NO_EXIT_HOOKS=1 (and no watchdog) leaves shutdown to the app', asy
   const env = { BLUE_WG_NO_EXIT_HOOKS: '1', BLUE_WG_NO_WATCHDOG: '1' }
   const r = await runAgent(tb, fullPlan(name, { then: 'exit3' }), { tmp, env })
   assert.equal(r.exit.status, 3)
-  assert.equal(await linkExists(tb, name), true, 'without hooks the tunnel outlives the process')
+  if (r.event('connected').info.backend === 'embedded') {
+    // The tun dies with its process; its rules (and DNS) outlive it.
+    assert.equal(await linkExists(tb, name), false)
+    assert.match((await tb.execCli('ip', ['-4', 'rule', 'show'])).stdout, /suppress_prefixlength 0/)
+  } else {
+    assert.equal(await linkExists(tb, name), true, 'without hooks the tunnel outlives the process')
+  }
   // The next start converges over it.
   const r2 = await runAgent(tb, fullPlan(name, { then: 'disconnect' }), { tmp })
   assert.equal(r2.event('connected').info.replacedStale, true)
