@@ -22,8 +22,8 @@ function tmpdir(t) {
  * exited resolves { code, signal, status, stderr } (status as a shell reports it: 128 + signal
  * number when killed).
  */
-function startAgent(tb, plan, { tmp, env = {} } = {}) {
-  const a = startFixture(tb, AGENT, { env: { BW_AGENT: JSON.stringify(plan), ...env }, tmp })
+function startAgent(tb, plan, { tmp, env = {}, script = AGENT } = {}) {
+  const a = startFixture(tb, script, { env: { BW_AGENT: JSON.stringify(plan), ...env }, tmp })
   const exited = a.exited.then((x) => ({ ...x, stderr: a.stderr() }))
   return { child: a.child, events: a.events, next: a.next, exited, stderr: a.stderr }
 }
