@@ -157,7 +157,8 @@ test('a SIGKILLed owner followed by a new installWgTunnel on the same name succe
   assert.equal(ok(first, 1), name)
   first.child.kill('SIGKILL')
   await first.exited
-  assert.equal(await linkExists(tb, name), true)
+  // wg-quick's interface outlives its owner; the embedded backend's tun dies with it.
+  assert.equal(await linkExists(tb, name), process.env.BLUE_WG_BACKEND === 'wg-quick')
   const r = await sdk([...steps.slice(0, 2), { op: 'fetch', url: `http://${tb.httpTunnelHost}/again` }, { op: 'uninstall' }], { tmp })
   assert.equal(ok(r, 1), name)
   assert.equal(JSON.parse(ok(r, 2).body).path, '/again')

@@ -322,7 +322,9 @@ test('an unsafe config dir is refused with WG_CONFIG_DIR_UNSAFE and no key is wr
     await t.test(a.what, async (t) => {
       const tmp = tmpdir(t)
       const extra = a.make(tmp)
-      const { byId } = await runProbe(tb, [{ id: 'c', op: 'connect', args: [validConfig()], watch: true }], { tmp })
+      // The key file's directory is the wg-quick backend's (the embedded one writes none).
+      const env = { BLUE_WG_BACKEND: 'wg-quick' }
+      const { byId } = await runProbe(tb, [{ id: 'c', op: 'connect', args: [validConfig()], watch: true }], { tmp, env })
       const r = byId.get('c')
       assert.equal(r.call.ok, false, `connect resolved: ${JSON.stringify(r.call.value)}`)
       const e = r.call.error

@@ -21,6 +21,10 @@ after(async () => {
   if (tb) await tb.down()
 })
 
+// teardownLinuxInterface's three steps are the tool for tunnels that wg-quick (or the old
+// SDK) made: these tests make theirs with the wg-quick backend, whatever the run's default.
+process.env.BLUE_WG_BACKEND = 'wg-quick'
+
 /** Start an agent that connects `config` and waits; killed (SIGKILL) in t.after if alive. */
 async function connectedAgent(t, config, tmp, env = {}) {
   const agent = startAgent(tb, { config, fetch: [`http://${tb.httpTunnelHost}/`], then: 'wait' }, { tmp, env })
