@@ -1,6 +1,11 @@
 #!/usr/bin/env node
 'use strict'
 // npm run bench [-- RUNS] [--json PATH] [--sdk-runs N] [--calls N] [--kill-runs N] [--idle-ms N]
+//                [--backend auto|embedded|wg-quick] [--no-compare]
+//
+// The addon rows are the backend chosen by --backend (default BLUE_WG_BACKEND, else auto:
+// embedded here). Unless --no-compare, a third child runs the same cycles on the wg-quick
+// backend, turn by turn, and the summary gives its medians and the ratio of the two.
 //
 // Latency of the addon on one throwaway network-namespace testbed (wireguard-go peer):
 //   connect            connect() call -> resolved Promise, split tunnel and full tunnel (+DNS)
@@ -52,7 +57,7 @@ const KILL_BOUND_MS = 5000 // and for how long at most
 
 // ------------------------------------------------------------------------------------ args
 function parseArgs(argv) {
-  const o = { runs: 25, json: null, sdkRuns: null, calls: 1000, killRuns: 20, idleMs: 2000 }
+  const o = { runs: 25, json: null, sdkRuns: null, calls: 1000, killRuns: 20, idleMs: 2000, backend: process.env.BLUE_WG_BACKEND || 'auto', compare: true }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     const val = () => {
@@ -65,6 +70,8 @@ function parseArgs(argv) {
     else if (a === '--calls') o.calls = int(val(), a, 1)
     else if (a === '--kill-runs') o.killRuns = int(val(), a, 0)
     else if (a === '--idle-ms') o.idleMs = int(val(), a, 100)
+    else if (a === '--backend') o.backend = val()
+    else if (a === '--no-compare') o.compare = false
     else if (a === '-h' || a === '--help') usage()
     else if (/^\d+$/.test(a)) o.runs = int(a, 'RUNS', 1)
     else usage(`unknown argument ${a}`)
@@ -195,9 +202,9 @@ async function main() {
           `disconnect ${ev.disconnectMs.toFixed(1)} ms`)
       } else if (ev.event === 'leftover') log(`  LEFTOVER (${ev.tag}) after ${ev.label}: ${ev.left.join('; ')}`)
     }
-    const start = (tag, noWatchdog, p) => {
+    const start = (tag, noWatchdog, p, backend = opt.backend) => {
       const c = startFixture(tb, CHILD, {
-        env: { BW_BENCH: JSON.stringify({ ...p, tag }), BLUE_WG_NO_WATCHDOG: noWatchdog ? '1' : '0' },
+        env: { BW_BENCH: JSON.stringify({ ...p, tag }), BLUE_WG_NO_WATCHDOG: noWatchdog ? '1' : '0', BLUE_WG_BACKEND: backend },
         tmp, onEvent, stdin: 'pipe',
       })
       children.push(c)
@@ -215,23 +222,26 @@ async function main() {
       kill: { intervalMs: KILL_POLL_MS, boundMs: KILL_BOUND_MS },
     })
     const N = start('nowd', true, { ...plan, sdk: null })
-    await W.next('ready')
-    await N.next('ready')
+    // Q: the wg-quick backend (watchdog on), for the per-backend comparison in the same run.
+    const Q = opt.compare ? start('wgq', false, { ...plan, sdk: null }, 'wg-quick') : null
+    const cycling = Q ? [W, N, Q] : [W, N]
+    for (const c of cycling) await c.next('ready')
 
     // connect cycles: W and N take turns (W first on even runs, N first on odd ones), so a
     // drift of the machine over the bench weighs on both alike
     for (const mode of ['split', 'full']) {
-      await W.ask({ cmd: 'cycle', mode, i: -1 })
-      await N.ask({ cmd: 'cycle', mode, i: -1 })
+      for (const c of cycling) await c.ask({ cmd: 'cycle', mode, i: -1 })
     }
     for (let i = 0; i < opt.runs; i++) {
       for (const mode of ['split', 'full']) {
-        for (const c of i % 2 ? [N, W] : [W, N]) await c.ask({ cmd: 'cycle', mode, i })
+        for (const c of i % 2 ? [...cycling].reverse() : cycling) await c.ask({ cmd: 'cycle', mode, i })
       }
     }
-    await N.ask({ cmd: 'exit' })
-    const xn = await N.exited
-    if (xn.status !== 0) throw new Error(`bench child nowd exited ${JSON.stringify(xn)}: ${N.stderr()}`)
+    for (const c of cycling.slice(1)) {
+      await c.ask({ cmd: 'exit' })
+      const xn = await c.exited
+      if (xn.status !== 0) throw new Error(`bench child exited ${JSON.stringify(xn)}: ${c.stderr()}`)
+    }
     await W.ask({ cmd: 'emergency' })
     await W.ask({ cmd: 'footprint', idleMs: opt.idleMs }, opt.idleMs + 30000)
     for (let i = 0; i < opt.killRuns; i++) await W.ask({ cmd: 'kill', i }, KILL_BOUND_MS + 40000)
@@ -239,7 +249,7 @@ async function main() {
     await W.ask({ cmd: 'exit' })
     const x = await W.exited
     if (x.status !== 0) throw new Error(`bench child wd exited ${JSON.stringify(x)}: ${W.stderr()}`)
-    const bad0 = runs.filter((r) => r.watchdog !== (r.tag === 'wd'))
+    const bad0 = runs.filter((r) => r.watchdog !== (r.tag !== 'nowd'))
     if (bad0.length) throw new Error(`runs with the wrong watchdog setting: ${JSON.stringify(bad0.map((r) => [r.tag, r.mode, r.i, r.watchdog]))}`)
 
     // --- state after the children -------------------------------------------------------
@@ -289,6 +299,21 @@ async function main() {
     add('full.firstLookup', 'addon full tunnel: first DNS lookup via tunnel', pick('full', 'firstLookupMs'))
     add('split.disconnect', 'addon split tunnel: disconnect', pick('split', 'disconnectMs'), TARGETS.disconnect)
     add('full.disconnect', 'addon full tunnel: disconnect', pick('full', 'disconnectMs'), TARGETS.disconnect)
+    const backendOf = (tag) => (runs.find((r) => r.tag === tag) || {}).backend
+    if (Q) {
+      // Per backend, same run, same node, children taking turns: W (the default backend,
+      // see its 'backend') against Q (wg-quick). Issue 8's target: at most 1/10 of wg-quick.
+      const be = backendOf('wd')
+      for (const [mode, kind] of [['split', 'connect'], ['full', 'connect'], ['split', 'disconnect'], ['full', 'disconnect']]) {
+        add(`wgQuick.${mode}.${kind}`, `wg-quick backend ${mode}: ${kind}`, pick(mode, `${kind}Ms`, 'wgq'))
+      }
+      for (const [mode, kind] of [['split', 'connect'], ['full', 'connect'], ['split', 'disconnect'], ['full', 'disconnect']]) {
+        const a = stats(pick(mode, `${kind}Ms`)).median
+        const b = stats(pick(mode, `${kind}Ms`, 'wgq')).median
+        one(`ratio.${mode}.${kind}`, `  ${be} / wg-quick, ${mode} ${kind} (medians)`, a / b, opt.runs, null,
+          { unit: 'ratio', show: (v) => `${(v * 100).toFixed(1)}%` })
+      }
+    }
     add('emergencyCleanupSync', 'emergencyCleanupSync() no-op', emergency, TARGETS.emergency)
     add('moduleLoad', "module load: require('blue-wireguard')", loads, TARGETS.load)
     add('moduleLoad.processWall', '  (fresh node process in ns, wall, for context)', loadWall)
@@ -370,7 +395,8 @@ async function main() {
       runs: opt.runs,
       date: new Date().toISOString(),
       host: { kernel: os.release(), node: process.version, cpu: os.cpus()[0]?.model, cpus: os.cpus().length },
-      backend: 'wg-quick + wireguard-go (userspace; no kernel module on this host)',
+      backend: backendOf('wd') === 'wg-quick' ? 'wg-quick + wireguard-go (userspace; no kernel module on this host)' : backendOf('wd'),
+      comparedWith: Q ? 'wg-quick + wireguard-go' : null,
       testbed: tb.prefix, tunnelName: name,
       targetsMs: TARGETS,
       watchdog: {

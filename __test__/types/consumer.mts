@@ -94,7 +94,7 @@ function describeInfo(info: TunnelInfo): string {
   const watchdogPid: number | undefined = info.watchdogPid
   const fields: [string, string, string, boolean, string[], string[], string, number, string[], boolean, boolean, number] = [
     info.name,
-    info.configPath,
+    info.configPath ?? '',
     info.backend,
     info.fullTunnel,
     info.addresses,

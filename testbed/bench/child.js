@@ -142,6 +142,7 @@ async function addonRun(mode, cfg, i) {
     r.firstLookupMs = l.ms
   }
   r.addonConnectMs = info.connectMs
+  r.backend = info.backend
   r.steps = info.steps
   r.dnsMethod = info.dnsMethod || null
   t0 = now()
