@@ -136,6 +136,9 @@ test('embedded: reconnects after a hook-less death never duplicate rules; each t
   assert.doesNotMatch(left, /^3200[23]:/m, left)
   b.child.kill('SIGUSR2')
   assert.equal((await b.next('disconnected')).report.gone, true)
+  // Both end by themselves once disconnected: nothing of the device keeps the loop alive.
+  assert.equal((await c.exited).status, 0)
+  assert.equal((await b.exited).status, 0)
   await assertClean(tb, other, tmp, original)
   await assertClean(tb, name, tmp, original)
 })

@@ -252,6 +252,18 @@ pub fn up(
     Ok(routed)
 }
 
+/// Delete the link with this index (`ip link delete`): a tun device goes at once, also
+/// while its owner still holds it open. ENODEV (already gone) is success.
+pub fn delete_link(index: u32) -> io::Result<()> {
+    let mut nl = Netlink::open()?;
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    match nl.request(RouteNetlinkMessage::DelLink(m), 0) {
+        Err(e) if is_errno(&e, libc::ENODEV) => Ok(()),
+        other => other,
+    }
+}
+
 /// Remove the rules of the full tunnel that used `table` (both families), by exact match.
 /// Never fails; returns what was removed and what could not be.
 pub fn remove_full_tunnel_rules(table: u32) -> Vec<String> {

@@ -6,9 +6,10 @@
 //!
 //! gotatun is async: it runs on the tokio runtime handed in through `UpContext::runtime`
 //! (napi's own, in the addon: no second runtime, no extra threads, no signal handling). Its
-//! `Device` must be stopped inside that runtime (its destructor needs one), so `stop` does it
-//! explicitly, bounded. The runtime's threads are not libuv handles: nothing here keeps the
-//! Node event loop alive.
+//! `Device` must be stopped inside that runtime (its destructor needs one), so `stop` hands
+//! its explicit, bounded stop to the runtime and waits for the tun to disappear (deleting it
+//! over rtnetlink if it does not). The runtime's threads are not libuv handles: nothing here
+//! keeps the Node event loop alive.
 //!
 //! What a dead owner leaves: the tun and every route on it are gone with the process; the
 //! full tunnel's policy rules stay (falling through to the main table, so nothing is
@@ -33,9 +34,10 @@ use crate::routing;
 use crate::teardown::{StepReport, TeardownReport};
 
 pub const NAME: &str = "embedded";
-/// How long the kernel may take to remove the tun once its last descriptor is closed.
-const GONE_BOUND: Duration = Duration::from_secs(2);
-/// How long stopping the device may take (it only stops its own tasks).
+/// How long the kernel may take to remove the tun once its last descriptor is closed (and
+/// the device to let go of it).
+const GONE_BOUND: Duration = Duration::from_secs(1);
+/// How long the device's own stop may take on the runtime (it only stops its tasks).
 const STOP_BOUND: Duration = Duration::from_secs(2);
 const TUN_DEVICE: &str = "/dev/net/tun";
 /// wireguard-go (what nodes run) drops a handshake initiation that arrives within 20 ms of
@@ -138,13 +140,18 @@ pub struct EmbeddedTunnel {
     name: String,
     runtime: tokio::runtime::Handle,
     device: Mutex<Option<Dev>>,
+    /// The tun's interface index (ours while we hold the device).
+    index: u32,
     peer: PublicKey,
     /// The full tunnel's table (and fwmark), whose rules `stop` removes.
     table: Option<u32>,
 }
 
 impl EmbeddedTunnel {
-    /// Stop the device inside its runtime; its tun goes when its last reference does.
+    /// Stop the device inside its runtime: the stop is handed to the runtime (it can wait for
+    /// a task's next wake-up), and the tun goes when the device's state is dropped there. The
+    /// caller waits for the interface to disappear, which the kernel shows as soon as it
+    /// unlists it (before the rest of its unregistering, which nobody needs to wait for).
     fn stop_device(&self) -> Option<StepReport> {
         let dev = self
             .device
@@ -153,15 +160,16 @@ impl EmbeddedTunnel {
             .take()?;
         let t = Instant::now();
         let rt = self.runtime.clone();
-        // Never let a panic of the device (or a runtime being shut down) escape an exit path.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            rt.block_on(async move { tokio::time::timeout(STOP_BOUND, dev.stop()).await.is_ok() })
+        // Never let a panic (e.g. a runtime being shut down) escape an exit path.
+        let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(STOP_BOUND, dev.stop()).await;
+            });
         }));
         note_stop(self.peer.to_bytes());
-        let (ok, detail) = match r {
-            Ok(true) => (true, "stopped".to_string()),
-            Ok(false) => (false, format!("did not stop within {STOP_BOUND:?}")),
-            Err(_) => (false, "the device panicked while stopping".to_string()),
+        let (ok, detail) = match spawned {
+            Ok(()) => (true, "stopping".to_string()),
+            Err(_) => (false, "the runtime refused the device's stop".to_string()),
         };
         Some(step("stop device", ok, detail, t))
     }
@@ -203,15 +211,18 @@ impl Tunnel for EmbeddedTunnel {
         let existed = netdev::exists(&self.name);
         let mut steps = Vec::new();
         steps.extend(self.stop_device());
-        let gone = wait_gone(&self.name);
+        let mut gone = wait_gone(&self.name);
         if !gone {
-            steps.push(StepReport::note(
-                "wait",
-                &format!(
-                    "{} was still there {GONE_BOUND:?} after the device stopped",
-                    self.name
-                ),
-            ));
+            // The device did not let go of the tun in time: delete the link (ours: we
+            // created it with this index and held it until now).
+            let t = Instant::now();
+            let r = routing::delete_link(self.index);
+            gone = !netdev::exists(&self.name);
+            let detail = match r {
+                Ok(()) => format!("still there {GONE_BOUND:?} after the stop: deleted"),
+                Err(e) => format!("still there {GONE_BOUND:?} after the stop; delete: {e}"),
+            };
+            steps.push(step("delete link", gone, detail, t));
         }
         if let Some(t) = self.table {
             steps.push(rules_step(t));
@@ -324,6 +335,7 @@ impl Backend for Embedded {
             name: cfg.name.clone(),
             runtime: runtime.clone(),
             device: Mutex::new(Some(dev)),
+            index,
             peer: peer_key,
             table,
         };
