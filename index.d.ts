@@ -242,4 +242,12 @@ export interface TunnelStatus {
   uptimeMs?: number
   fullTunnel?: boolean
   backend?: string
+  /**
+   * Milliseconds since the last completed handshake, read from the device (embedded
+   * backend); absent before the first handshake or when the backend cannot tell.
+   */
+  lastHandshakeMs?: number
+  /** Bytes received from / sent to the peer (embedded backend). */
+  rxBytes?: number
+  txBytes?: number
 }

@@ -55,6 +55,9 @@ test('embedded: works with wg-quick, wg, wireguard-go, ip, nft and bash unusable
   assert.equal(connected.info.fullTunnel, true)
   const fetched = r.event('fetch')
   assert.equal(fetched.ok, true, JSON.stringify(fetched))
+  // status() right after connect reads the device: counters exist (the handshake may not yet).
+  assert.equal(typeof connected.status.rxBytes, 'number')
+  assert.equal(typeof connected.status.txBytes, 'number')
   assert.equal(JSON.parse(fetched.body).client, '10.8.0.2')
   assert.equal(r.event('disconnected').report.gone, true)
   assert.equal(r.exit.status, 0, r.exit.stderr)

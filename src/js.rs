@@ -296,6 +296,12 @@ pub struct TunnelStatus {
     pub uptime_ms: Option<f64>,
     pub full_tunnel: Option<bool>,
     pub backend: Option<String>,
+    /// Milliseconds since the last completed handshake, read from the device (embedded
+    /// backend); absent before the first handshake or when the backend cannot tell.
+    pub last_handshake_ms: Option<f64>,
+    /// Bytes received from / sent to the peer (embedded backend).
+    pub rx_bytes: Option<f64>,
+    pub tx_bytes: Option<f64>,
 }
 
 /// What a connect brings up: a config object, or a wg-quick file (the compat path).
@@ -621,6 +627,9 @@ pub fn status(env: Env, name: Option<Unknown>) -> Result<TunnelStatus> {
         uptime_ms: s.uptime_ms,
         full_tunnel: s.full_tunnel,
         backend: s.backend,
+        last_handshake_ms: s.stats.as_ref().and_then(|x| x.last_handshake_ms),
+        rx_bytes: s.stats.as_ref().map(|x| x.rx_bytes as f64),
+        tx_bytes: s.stats.as_ref().map(|x| x.tx_bytes as f64),
     })
 }
 

@@ -63,6 +63,8 @@ pub struct TunnelStatus {
     pub uptime_ms: Option<f64>,
     pub full_tunnel: Option<bool>,
     pub backend: Option<String>,
+    /// From the device itself (backends that can tell: embedded).
+    pub stats: Option<backend::Stats>,
 }
 
 /// Read a wg-quick file for `connectConfigFile`: a regular file of at most 64 KiB, named
@@ -516,6 +518,10 @@ pub fn status(name: Option<&str>) -> Result<TunnelStatus> {
             .as_ref()
             .map(|a| a.started.elapsed().as_secs_f64() * 1000.0),
         full_tunnel: active.as_ref().map(|a| a.full_tunnel),
+        stats: active
+            .as_ref()
+            .and_then(|a| a.tunnel.as_ref())
+            .and_then(|t| t.stats().ok()),
         backend: active.map(|a| a.backend.to_string()),
         name,
     })
