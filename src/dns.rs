@@ -55,8 +55,11 @@
 //! Writing resolv.conf: a regular file (it may be a bind mount from `ip netns exec`, which a
 //! rename cannot replace) is written in place: opened without `O_TRUNC`, one `pwrite` of the
 //! whole body at offset 0, `ftruncate` to its length, `fsync`; the mode is kept. It is never
-//! empty in between. A symlink (dangling or not) is never written through: a temp file in the
-//! same directory is renamed over the link. An absent file is created the same way (0644).
+//! empty in between. A symlink to an existing regular file is followed (`effective`: that file
+//! is what resolvers read, and where `ip netns exec` bind-mounts the namespace's own file, so
+//! replacing the link would change the host's shared `/etc`). A dangling symlink is never
+//! written through: a temp file in the same directory is renamed over the link, and the link
+//! is put back exactly on restore. An absent file is created the same way (0644).
 //!
 //! # restore (resolv.conf)
 //!
@@ -167,6 +170,21 @@ pub fn resolv_conf_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/etc/resolv.conf"))
 }
 
+/// The file to read and write for `path`: a symbolic link to an existing regular file is
+/// followed, because the file it names is what resolvers read, and under `ip netns exec` it is
+/// where the namespace's own resolv.conf is bind-mounted (replacing the link would change the
+/// host's `/etc`, shared by every namespace). A dangling link, or no file, is handled at
+/// `path` itself (replaced, and put back exactly).
+fn effective(path: &Path) -> PathBuf {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => match fs::canonicalize(path) {
+            Ok(t) if fs::metadata(&t).is_ok_and(|m| m.is_file()) => t,
+            _ => path.to_path_buf(),
+        },
+        _ => path.to_path_buf(),
+    }
+}
+
 /// Which method this host uses.
 pub fn detect() -> DnsMethod {
     let current = read_following(&resolv_conf_path()).unwrap_or_default();
@@ -187,7 +205,7 @@ pub fn detect() -> DnsMethod {
 /// Apply `servers` for tunnel `name` of network namespace `netns` (an opaque u64 id); state in
 /// `dir`. On failure everything done so far is undone.
 pub fn apply(dir: &Path, netns: u64, name: &str, servers: &[IpAddr]) -> Result<DnsMethod> {
-    let resolv = resolv_conf_path();
+    let resolv = effective(&resolv_conf_path());
     apply_with(&At::new(dir, &resolv, netns), detect(), name, servers)
 }
 
@@ -197,14 +215,14 @@ pub fn apply(dir: &Path, netns: u64, name: &str, servers: &[IpAddr]) -> Result<D
 /// true when something was undone; false when there was nothing, or when resolv.conf had been
 /// rewritten by someone else since (then it is left alone and only our state is dropped).
 pub fn restore(dir: &Path, netns: u64, name: &str, is_live: &dyn Fn(&str) -> bool) -> bool {
-    let resolv = resolv_conf_path();
+    let resolv = effective(&resolv_conf_path());
     restore_at(&At::new(dir, &resolv, netns), name, is_live)
 }
 
 /// True when `name` has DNS state to undo (an entry in `dir`, or resolv.conf is our rewrite
 /// naming (netns, name)).
 pub fn pending(dir: &Path, netns: u64, name: &str) -> bool {
-    let resolv = resolv_conf_path();
+    let resolv = effective(&resolv_conf_path());
     pending_at(&At::new(dir, &resolv, netns), name)
 }
 
@@ -1588,5 +1606,19 @@ mod tests {
         assert!(apply_with(&e.at(), DnsMethod::File, "a", &ips(&["10.8.0.1"])).is_err());
         assert_eq!(fs::read(&e.resolv).unwrap(), big);
         assert_eq!(e.state(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_link_to_an_existing_file_is_followed_a_dangling_one_is_not() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("real");
+        fs::write(&target, b"nameserver 192.0.2.1\n").unwrap();
+        let link = d.path().join("resolv.conf");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert_eq!(effective(&link), fs::canonicalize(&target).unwrap());
+        fs::remove_file(&target).unwrap();
+        assert_eq!(effective(&link), link);
+        let plain = d.path().join("plain");
+        assert_eq!(effective(&plain), plain);
     }
 }
