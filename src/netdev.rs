@@ -122,19 +122,72 @@ pub fn is_wireguard(name: &str) -> bool {
     }
 }
 
-/// wireguard-go's (and other UAPI implementations') control socket for `name`: a socket in
-/// `/var/run/wireguard` owned by root or us, in a directory only root and we can change, so
-/// no other user can make a TUN device of theirs pass for WireGuard.
+/// wireguard-go's (and other UAPI implementations') control socket for `name`, served from
+/// *this* network namespace: a socket in `/run/wireguard` (a directory only root and we can
+/// change) owned by root or us, whose server (`SO_PEERCRED`) runs as root or us in our
+/// network namespace. `/run/wireguard` is shared by every namespace, so a socket of the same
+/// name served elsewhere says nothing about the interface here.
 pub fn userspace_socket(name: &str) -> bool {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let Ok((dir, _)) = crate::trust::open_dir_chain(std::path::Path::new("/run/wireguard")) else {
         return false;
     };
     drop(dir);
-    match std::fs::symlink_metadata(format!("/run/wireguard/{name}.sock")) {
-        Ok(m) => m.file_type().is_socket() && (m.uid() == 0 || m.uid() == crate::trust::euid()),
-        Err(_) => false,
+    let path = format!("/run/wireguard/{name}.sock");
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.file_type().is_socket() && (m.uid() == 0 || m.uid() == crate::trust::euid()) => {
+        }
+        _ => return false,
     }
+    let Some(peer) = socket_peer(&path) else {
+        return false;
+    };
+    let ours = peer.uid == 0 || peer.uid == crate::trust::euid();
+    let peer_ns = std::fs::metadata(format!("/proc/{}/ns/net", peer.pid)).map(|m| m.ino());
+    ours && peer_ns.is_ok_and(|ino| ino == crate::state::netns().inode)
+}
+
+/// The credentials of the process serving the Unix stream socket at `path`, found by
+/// connecting without blocking (a full backlog answers "no") and reading `SO_PEERCRED`.
+fn socket_peer(path: &str) -> Option<libc::ucred> {
+    let c = CString::new(path).ok()?;
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = c.as_bytes_with_nul();
+    if bytes.len() > addr.sun_path.len() {
+        return None;
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: a new socket, closed below; addr is a valid sockaddr_un of the given length.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    let rc = unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) };
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut clen = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    let ok = rc == 0
+        && unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast(),
+                &mut clen,
+            )
+        } == 0;
+    // SAFETY: fd was opened above and is closed once.
+    unsafe { libc::close(fd) };
+    (ok && cred.pid > 0).then_some(cred)
 }
 
 /// False when IPv6 is disabled (or absent) in this network namespace; then a tunnel must

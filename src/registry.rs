@@ -321,6 +321,24 @@ fn own_cleanup(which: impl Fn(&Active) -> bool) -> Vec<TeardownReport> {
     }
 }
 
+/// Drop what this process's own failed connect of `name` wrote, when the interface there is
+/// not one it made (a rollback that must not touch it): the key file, the record, the
+/// watchdog and the entry (which releases the name lock). Caller holds `lock()`.
+pub fn forget_own(dir: &StateDir, name: &str, conf: &Path) {
+    confdir::shred(conf);
+    if matches!(owner::owner_of(dir, name), Owner::Me(_)) {
+        owner::remove(dir, name);
+    }
+    let gone = {
+        let mut v = lock_mutex(&ACTIVE);
+        let a = v.iter().position(|a| a.name == name).map(|i| v.remove(i));
+        a
+    };
+    if let Some(w) = gone.and_then(|a| a.watchdog) {
+        w.dismiss();
+    }
+}
+
 /// `disconnect` of this process's own tunnel `name` (caller holds `lock()`).
 pub fn cleanup_own(name: &str) -> Option<TeardownReport> {
     own_cleanup(|a| a.name == name).pop()

@@ -143,11 +143,20 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
     let swept: Vec<String> = registry::sweep_dead_locked(&state)
         .reports
         .into_iter()
+        .filter(|r| r.gone)
         .map(|r| r.name)
         .collect();
     let (name, lock, replaced_own) = claim_name(&state, &cfg.name)?;
     let conf: PathBuf = dir.join(format!("{name}.conf"));
     mark("config-dir", &dir.to_string_lossy(), &mut steps);
+    // Whoever owned the name before (nobody, a dead owner, a forged record): an interface of
+    // that name that is not WireGuard is never replaced.
+    if netdev::exists(&name) && !netdev::is_wireguard(&name) {
+        return Err(WgError::NotWireGuard {
+            driver: netdev::driver(&name).unwrap_or_else(|| "unknown".into()),
+            name,
+        });
+    }
 
     // Converge: a leftover of the same name (a killed run's) is the normal case. We hold the
     // name's lock, so no live owner of ours is at work on it.
@@ -155,14 +164,9 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
         Owner::Alive(r) => return Err(WgError::NameInUse { name, pid: r.pid }),
         Owner::Me(_) | Owner::Dead(_) | Owner::Stranger(_) => true,
         Owner::Nobody => {
-            let exists = netdev::exists(&name);
-            if exists && !netdev::is_wireguard(&name) {
-                return Err(WgError::NotWireGuard {
-                    driver: netdev::driver(&name).unwrap_or_else(|| "unknown".into()),
-                    name,
-                });
-            }
-            exists || dns::pending(&state.path, state.netns.inode, &name) || conf.exists()
+            netdev::exists(&name)
+                || dns::pending(&state.path, state.netns.inode, &name)
+                || conf.exists()
         }
     };
     let stale = stale || swept.contains(&name) || replaced_own;
@@ -255,7 +259,13 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
         Ok(m) => m,
         Err(e) => {
             // Everything this call made (we hold the name, and it was clear before): undone.
-            registry::cleanup_locked(&state, &name, Some(&conf));
+            let r = registry::cleanup_locked(&state, &name, Some(&conf));
+            if !r.gone {
+                // The interface there is not one this call made (something else created a
+                // link of that name meanwhile): leave it, but take back our own key file,
+                // record and watchdog.
+                registry::forget_own(&state, &name, &conf);
+            }
             return Err(e);
         }
     };
