@@ -185,8 +185,23 @@ fn effective(path: &Path) -> PathBuf {
     }
 }
 
-/// Which method this host uses.
+/// Which method this host uses. `BLUE_WG_DNS_METHOD` (`systemd-resolved`, `resolvconf` or
+/// `resolv.conf`) forces one. The per-interface tools act on the *host's* resolver state
+/// (resolved's links by index, `/run/resolvconf` by name), so outside the network namespace of
+/// PID 1 only the `resolv.conf` this process sees is changed.
 pub fn detect() -> DnsMethod {
+    if let Some(m) = std::env::var("BLUE_WG_DNS_METHOD")
+        .ok()
+        .and_then(|v| DnsMethod::parse(v.trim()))
+    {
+        return m;
+    }
+    let host_ns = fs::metadata("/proc/1/ns/net")
+        .map(|m| m.ino() == crate::state::netns().inode)
+        .unwrap_or(true);
+    if !host_ns {
+        return DnsMethod::File;
+    }
     let current = read_following(&resolv_conf_path()).unwrap_or_default();
     let stub = current.split(|&b| b == b'\n').any(|l| {
         String::from_utf8_lossy(l)
@@ -304,11 +319,22 @@ fn apply_file(at: &At, name: &str, entry: &Entry, entries: &[(String, Entry)]) -
     let saved = read_saved(at.dir);
     let ours = recognise(&cur, at.netns, saved.as_ref());
     let stacked = entries.iter().any(|(_, e)| e.method == DnsMethod::File);
+    // A trusted rewrite by another namespace that shares this resolv.conf: its own original
+    // is the real one (saving its tunnel DNS as ours would leave that DNS behind for good once
+    // both are gone).
+    let foreign = match &cur {
+        Current::File {
+            bytes,
+            trusted: true,
+            ..
+        } => parse_rewrite(bytes).filter(|r| r.netns != at.netns),
+        _ => None,
+    };
     let original = match (ours, &saved) {
         // A crashed run's (or a live tunnel's) rewrite: never save tunnel DNS as the original.
         (Some(r), _) => r.original,
         (None, Some(s)) if stacked && cur.looks_cut(at.netns) => s.clone(),
-        _ => as_found,
+        _ => foreign.map(|r| r.original).unwrap_or(as_found),
     };
     if matches!(&original, Original::File { bytes, .. } if bytes.len() > MAX_ORIGINAL) {
         return Err(WgError::setup(
@@ -1463,18 +1489,17 @@ mod tests {
         assert!(!pending_at(&e.at(), "a"));
         assert!(!e.restore("a", &[]));
         assert_eq!(e.current(), theirs);
-        // Ours on top of theirs: theirs is our original.
+        // Ours on top of theirs (a resolv.conf both namespaces share): their original is
+        // ours too, so their tunnel DNS is never saved as an original.
         e.apply("a", &["10.8.0.1"]);
         e.assert_shows("a", &["10.8.0.1"]);
         // Their restore finds our rewrite: left alone, their state dropped.
         assert!(!restore_at(&other, "a", &|_| false));
         e.assert_shows("a", &["10.8.0.1"]);
+        // Ours, last down, brings back the file as it was before either tunnel.
         assert!(e.restore("a", &[]));
-        assert_eq!(e.current(), theirs);
-        // Their rewrite came back: its embedded original still restores it.
-        assert!(pending_at(&other, "a"));
-        assert!(restore_at(&other, "a", &|_| false));
         assert_eq!(e.current(), before);
+        assert!(!pending_at(&other, "a"));
     }
 
     #[test]

@@ -124,9 +124,11 @@ pub fn is_wireguard(name: &str) -> bool {
 
 /// wireguard-go's (and other UAPI implementations') control socket for `name`, served from
 /// *this* network namespace: a socket in `/run/wireguard` (a directory only root and we can
-/// change) owned by root or us, whose server (`SO_PEERCRED`) runs as root or us in our
-/// network namespace. `/run/wireguard` is shared by every namespace, so a socket of the same
-/// name served elsewhere says nothing about the interface here.
+/// change) owned by root or us, and listening in this namespace. `/run/wireguard` is shared by
+/// every namespace, so a socket of that name served elsewhere says nothing about the
+/// interface here; `/proc/thread-self/net/unix` lists only this namespace's sockets. (Not
+/// `SO_PEERCRED`: it names the process that called `listen`, and wireguard-go listens before
+/// it re-executes itself as a daemon, so that pid is gone.)
 pub fn userspace_socket(name: &str) -> bool {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let Ok((dir, _)) = crate::trust::open_dir_chain(std::path::Path::new("/run/wireguard")) else {
@@ -139,55 +141,23 @@ pub fn userspace_socket(name: &str) -> bool {
         }
         _ => return false,
     }
-    let Some(peer) = socket_peer(&path) else {
-        return false;
-    };
-    let ours = peer.uid == 0 || peer.uid == crate::trust::euid();
-    let peer_ns = std::fs::metadata(format!("/proc/{}/ns/net", peer.pid)).map(|m| m.ino());
-    ours && peer_ns.is_ok_and(|ino| ino == crate::state::netns().inode)
+    let table = std::fs::read_to_string("/proc/thread-self/net/unix")
+        .or_else(|_| std::fs::read_to_string("/proc/self/net/unix"))
+        .unwrap_or_default();
+    listening_here(&table, name)
 }
 
-/// The credentials of the process serving the Unix stream socket at `path`, found by
-/// connecting without blocking (a full backlog answers "no") and reading `SO_PEERCRED`.
-fn socket_peer(path: &str) -> Option<libc::ucred> {
-    let c = CString::new(path).ok()?;
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = c.as_bytes_with_nul();
-    if bytes.len() > addr.sun_path.len() {
-        return None;
-    }
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: a new socket, closed below; addr is a valid sockaddr_un of the given length.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
-    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    let rc = unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) };
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut clen = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    let ok = rc == 0
-        && unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_PEERCRED,
-                (&mut cred as *mut libc::ucred).cast(),
-                &mut clen,
-            )
-        } == 0;
-    // SAFETY: fd was opened above and is closed once.
-    unsafe { libc::close(fd) };
-    (ok && cred.pid > 0).then_some(cred)
+/// Does `/proc/net/unix` text list a listening socket bound at wireguard-go's path for `name`?
+fn listening_here(table: &str, name: &str) -> bool {
+    let paths = [
+        format!("/var/run/wireguard/{name}.sock"),
+        format!("/run/wireguard/{name}.sock"),
+    ];
+    // Num RefCount Protocol Flags Type St Inode Path; a listening socket has Flags 00010000.
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 8 && f[3] == "00010000" && paths.iter().any(|p| f[7] == p)
+    })
 }
 
 /// False when IPv6 is disabled (or absent) in this network namespace; then a tunnel must
@@ -202,6 +172,20 @@ pub fn ipv6_enabled() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wireguard_go_socket_counts_only_when_listening_in_this_namespace() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+                     0000000000000000: 00000002 00000000 00010000 0001 01 26411 /var/run/wireguard/wg0.sock\n\
+                     0000000000000000: 00000003 00000000 00000000 0001 03 26412 /var/run/wireguard/wg1.sock\n";
+        assert!(listening_here(table, "wg0"));
+        assert!(
+            !listening_here(table, "wg1"),
+            "a connected socket, not the listener"
+        );
+        assert!(!listening_here(table, "wg2"));
+        assert!(!listening_here(table, "wg"));
+    }
 
     #[test]
     fn loopback_is_seen_and_a_missing_name_is_not() {

@@ -36,6 +36,8 @@ pub struct Record {
     pub dns: Vec<String>,
     pub watchdog_pid: Option<u32>,
     pub created_unix_ms: u64,
+    /// The caller's own config file (`connectConfigFile`), removed with a dead owner's tunnel.
+    pub source: Option<PathBuf>,
 }
 
 /// Who owns a tunnel name.
@@ -115,12 +117,13 @@ impl Record {
             dns,
             watchdog_pid: None,
             created_unix_ms: now_ms(),
+            source: None,
         }
     }
 
     fn render(&self) -> String {
         format!(
-            "name={}\npid={}\nstart_time={}\nnetns={}\nnetns_cookie={}\nconf_path={}\nbackend={}\nfull_tunnel={}\ndns={}\nwatchdog_pid={}\ncreated_unix_ms={}\n",
+            "name={}\npid={}\nstart_time={}\nnetns={}\nnetns_cookie={}\nconf_path={}\nbackend={}\nfull_tunnel={}\ndns={}\nwatchdog_pid={}\ncreated_unix_ms={}\nsource={}\n",
             self.name,
             self.pid,
             self.start_time,
@@ -131,7 +134,13 @@ impl Record {
             self.full_tunnel,
             self.dns.join(","),
             self.watchdog_pid.map(|p| p.to_string()).unwrap_or_default(),
-            self.created_unix_ms
+            self.created_unix_ms,
+            // A path with a line break could forge lines: such a source is not recorded.
+            self.source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .filter(|p| !p.contains(['\n', '\r']))
+                .unwrap_or_default()
         )
     }
 
@@ -163,6 +172,7 @@ impl Record {
             created_unix_ms: get("created_unix_ms")
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(0),
+            source: get("source").filter(|p| !p.is_empty()).map(PathBuf::from),
         })
     }
 

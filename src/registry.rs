@@ -191,7 +191,7 @@ pub fn cleanup_locked(dir: &StateDir, name: &str, conf: Option<&Path>) -> Teardo
         .map(Path::to_path_buf)
         .or_else(|| active.as_ref().map(|a| a.conf_path.clone()))
         .or_else(|| record.as_ref().map(|r| r.conf_path.clone()))
-        .unwrap_or_else(|| confdir::conf_path(name));
+        .unwrap_or_else(|| dir.file(&format!("{name}.conf")));
     let full_tunnel = record.as_ref().is_some_and(|r| r.full_tunnel)
         || active.as_ref().is_some_and(|a| a.full_tunnel);
     let watchdog = active.and_then(|a| a.watchdog);
@@ -237,7 +237,9 @@ pub fn cleanup_locked(dir: &StateDir, name: &str, conf: Option<&Path>) -> Teardo
 /// refused; any other interface gets the three teardown steps (which refuse anything that is
 /// not WireGuard). Never fails.
 pub fn teardown_named(name: &str, conf: Option<&Path>) -> TeardownReport {
-    let _g = lock();
+    // Synchronous on the caller's event loop: a connect of this process in flight is waited
+    // for only a bounded time.
+    let _g = lock_for_exit();
     let dir = match StateDir::existing() {
         Ok(d) => d,
         Err(e) => {
@@ -289,18 +291,22 @@ fn own_cleanup(which: impl Fn(&Active) -> bool) -> Vec<TeardownReport> {
     if names.is_empty() {
         return Vec::new();
     }
-    match StateDir::existing() {
-        Ok(Some(dir)) => names
+    // A state directory that vanished (someone removed it) is made anew: the cleanup routine
+    // still restores DNS (from the copy inside the rewritten resolv.conf) and the interface.
+    let dir = match StateDir::existing() {
+        Ok(Some(d)) => Ok(d),
+        Ok(None) => StateDir::create(),
+        Err(e) => Err(e),
+    };
+    match dir {
+        Ok(dir) => names
             .iter()
             .map(|n| cleanup_locked(&dir, n, None))
             .collect(),
-        // Our own records are gone or their directory was replaced: our tunnels still go
-        // (we know them from memory), without reading anything there.
-        other => {
-            let why = match other {
-                Err(e) => e.to_string(),
-                _ => "the state directory is gone".into(),
-            };
+        // The directory was replaced by something we cannot trust: our tunnels still go (we
+        // know them from memory), without reading anything there.
+        Err(e) => {
+            let why = e.to_string();
             names
                 .iter()
                 .map(|n| {
@@ -363,19 +369,26 @@ pub fn cleanup_env(owner: u64) -> Vec<TeardownReport> {
 /// owner's is released by the kernel), and only if the record still names that dead owner
 /// (a new owner may have taken the name).
 pub fn cleanup_dead_owner(name: &str, pid: u32, start: u64) -> Option<TeardownReport> {
-    let dir = StateDir::existing().ok().flatten()?;
+    let (dir, recreated) = match StateDir::existing() {
+        Ok(Some(d)) => (d, false),
+        Ok(None) => (StateDir::create().ok()?, true),
+        Err(_) => return None,
+    };
     let _held = NameLock::acquire(&dir, name, DEAD_OWNER_LOCK_BOUND)
         .ok()
         .flatten()?;
     match owner::owner_of(&dir, name) {
-        Owner::Dead(r) if r.pid == pid && r.start_time == start => {
-            Some(cleanup_locked(&dir, name, Some(&r.conf_path)))
-        }
+        Owner::Dead(r) if r.pid == pid && r.start_time == start => Some(reap_dead(&dir, &r)),
         // The owner died inside `claim`, after creating its record and before writing it:
         // nothing else exists yet (the record comes before the interface).
         Owner::Nobody if owner::unreadable(&dir, name) => {
             owner::remove(&dir, name);
             None
+        }
+        // The whole state directory was removed while the tunnel was up (its record with it):
+        // the tunnel this watchdog guards is still ours to remove.
+        Owner::Nobody if recreated && crate::netdev::exists(name) => {
+            Some(cleanup_locked(&dir, name, None))
         }
         _ => None,
     }
@@ -417,9 +430,7 @@ pub fn sweep_dead_locked(dir: &StateDir) -> SweepReport {
             continue;
         };
         match owner::owner_of(dir, &name) {
-            Owner::Dead(r) => out
-                .reports
-                .push(cleanup_locked(dir, &name, Some(&r.conf_path))),
+            Owner::Dead(r) => out.reports.push(reap_dead(dir, &r)),
             Owner::Stranger(_) => owner::remove(dir, &name),
             Owner::Nobody => {
                 if owner::unreadable(dir, &name) {
@@ -430,48 +441,52 @@ pub fn sweep_dead_locked(dir: &StateDir) -> SweepReport {
             _ => {}
         }
     }
-    sweep_orphan_keys(&mut out);
+    sweep_orphan_keys(dir);
     out
 }
 
-/// Key files in the private config dir whose tunnel has no live owner and no interface: a
-/// crashed run's. Only in a directory that passes the trust checks.
-fn sweep_orphan_keys(out: &mut SweepReport) {
-    let cdir = confdir::config_dir();
-    if !cdir.exists() {
-        return;
+/// A dead owner's tunnel (caller holds its name lock): the cleanup routine, then the caller's
+/// own config file the record names (`connectConfigFile`), which its owner can no longer
+/// remove: only `<name>.conf`, and only if trusted.
+fn reap_dead(dir: &StateDir, r: &owner::Record) -> TeardownReport {
+    let report = cleanup_locked(dir, &r.name, Some(&r.conf_path));
+    if report.gone {
+        if let Some(src) = &r.source {
+            let named = src
+                .file_name()
+                .is_some_and(|f| *f == *format!("{}.conf", r.name));
+            if named {
+                crate::trust::shred_trusted(src);
+            }
+        }
     }
-    if let Err(e) = confdir::check_private_dir(&cdir) {
-        out.warnings
-            .push(format!("{e} (nothing in it was read or removed)"));
-        return;
-    }
-    let Ok(rd) = std::fs::read_dir(&cdir) else {
-        return;
-    };
-    let state = StateDir::existing().ok().flatten();
-    for entry in rd.filter_map(|e| e.ok()) {
-        let file = entry.file_name().to_string_lossy().into_owned();
+    report
+}
+
+/// Key files in this namespace's state directory whose tunnel has no live owner, no lock
+/// holder and no interface: a crashed run's (e.g. one killed inside `claim`).
+fn sweep_orphan_keys(dir: &StateDir) {
+    for file in dir.list() {
         let Some(name) = file.strip_suffix(".conf") else {
             continue;
         };
         if crate::config::validate_interface_name(name).is_err() || get(name).is_some() {
             continue;
         }
-        let live = state.as_ref().is_some_and(|d| {
-            matches!(owner::owner_of(d, name), Owner::Alive(_)) || NameLock::held(d, name)
-        });
-        if live || crate::netdev::exists(name) {
+        if owner::read(dir, name).is_some() || crate::netdev::exists(name) {
             continue;
         }
-        let old = entry
-            .metadata()
+        let path = dir.file(&file);
+        let old = std::fs::symlink_metadata(&path)
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > ORPHAN_AGE);
-        if old {
-            confdir::shred(&entry.path());
+        if !old {
+            continue;
+        }
+        if let Ok(Some(_held)) = NameLock::try_acquire(dir, name) {
+            confdir::shred(&path);
         }
     }
 }
@@ -490,7 +505,7 @@ pub fn emergency_cleanup() -> SweepReport {
             out.reports.extend(s.reports);
             out.warnings.extend(s.warnings);
         }
-        Ok(None) => sweep_orphan_keys(&mut out),
+        Ok(None) => {}
         Err(e) => out
             .warnings
             .push(format!("{e} (nothing in it was read or removed)")),

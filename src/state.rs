@@ -26,6 +26,9 @@ use crate::cmd;
 use crate::error::{Result, WgError};
 use crate::trust;
 
+/// The file naming the namespace (its cookie) a state directory belongs to.
+const COOKIE_FILE: &str = "netns.cookie";
+
 /// This thread's network namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Netns {
@@ -121,7 +124,36 @@ impl StateDir {
         let path = root.join(format!("net-{}", netns.inode));
         mkdir_private(&path)?;
         let fd = trust::open_private_dir(&path).map_err(|e| unsafe_dir(&path, e))?;
-        Ok(StateDir { path, fd, netns })
+        let dir = StateDir { path, fd, netns };
+        dir.claim_for_this_namespace();
+        Ok(dir)
+    }
+
+    /// A namespace's inode number is reused once it is gone: a directory still holding the
+    /// state of the namespace that had this number before (another cookie) is emptied, so none
+    /// of its records, DNS state or key files is ever applied here.
+    fn claim_for_this_namespace(&self) {
+        if self.netns.cookie == 0 {
+            return;
+        }
+        let want = self.netns.cookie.to_string();
+        let have = self
+            .read(COOKIE_FILE)
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string());
+        if have.as_deref() == Some(want.as_str()) {
+            return;
+        }
+        if have.is_some() {
+            for f in self.list() {
+                let p = self.file(&f);
+                if f.ends_with(".conf") {
+                    crate::confdir::shred(&p);
+                } else {
+                    let _ = fs::remove_file(&p);
+                }
+            }
+        }
+        let _ = crate::confdir::write_private_file(&self.file(COOKIE_FILE), want.as_bytes());
     }
 
     /// Open the existing state directory for a cleanup path. `Ok(None)` when it does not exist
@@ -139,7 +171,9 @@ impl StateDir {
             _ => {}
         }
         let fd = trust::open_private_dir(&path).map_err(|e| unsafe_dir(&path, e))?;
-        Ok(Some(StateDir { path, fd, netns }))
+        let dir = StateDir { path, fd, netns };
+        dir.claim_for_this_namespace();
+        Ok(Some(dir))
     }
 
     pub fn file(&self, name: &str) -> PathBuf {

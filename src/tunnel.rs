@@ -120,7 +120,14 @@ pub fn check_privileges() -> Result<()> {
 
 /// Bring a tunnel up. Converges over a stale interface of the same name; on any failure
 /// everything done so far is rolled back by the cleanup routine.
-pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Result<TunnelInfo> {
+/// `source` is the caller's config file (`connectConfigFile`), recorded so that the cleanup of
+/// a dead owner can also remove that key file.
+pub fn connect(
+    raw: RawConfig,
+    source: Option<&std::path::Path>,
+    owner: u64,
+    progress: &dyn Fn(&str, &str),
+) -> Result<TunnelInfo> {
     let t0 = Instant::now();
     let mut steps: Vec<(String, f64)> = Vec::new();
     let mark = |step: &str, detail: &str, steps: &mut Vec<(String, f64)>| {
@@ -136,7 +143,6 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
     be.available()?;
     mark("preflight", be.name(), &mut steps);
 
-    let dir = confdir::ensure_private_dir()?;
     let state = StateDir::create()?;
     let _guard = registry::lock();
     // The start-of-process sweep: what dead owners left here goes first.
@@ -147,8 +153,11 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
         .map(|r| r.name)
         .collect();
     let (name, lock, replaced_own) = claim_name(&state, &cfg.name)?;
-    let conf: PathBuf = dir.join(format!("{name}.conf"));
-    mark("config-dir", &dir.to_string_lossy(), &mut steps);
+    // The wg-quick backend's key file lives in the namespace's private state directory
+    // (root-only, per namespace): no other user can pre-create or watch it, and agents in
+    // other namespaces never see it.
+    let conf: PathBuf = state.file(&format!("{name}.conf"));
+    mark("config-dir", &state.path.to_string_lossy(), &mut steps);
     // Whoever owned the name before (nobody, a dead owner, a forged record): an interface of
     // that name that is not WireGuard is never replaced.
     if netdev::exists(&name) && !netdev::is_wireguard(&name) {
@@ -221,6 +230,7 @@ pub fn connect(raw: RawConfig, owner: u64, progress: &dyn Fn(&str, &str)) -> Res
         cfg.dns.iter().map(IpAddr::to_string).collect(),
     );
     record.watchdog_pid = watchdog.as_ref().map(|w| w.pid);
+    record.source = source.map(std::path::Path::to_path_buf);
     if let Err(e) = owner::claim(&state, &record) {
         if let Some(w) = watchdog {
             w.dismiss();
@@ -422,8 +432,8 @@ pub fn disconnect(name: Option<&str>) -> Result<Option<TeardownReport>> {
     }
     // Not ours: only with a trusted state directory (an unsafe one is refused, not read).
     let state = StateDir::existing()?;
-    let conf = confdir::conf_path(&name);
     let Some(state) = state else {
+        let conf = confdir::conf_path(&name);
         if !exists {
             return Ok(None);
         }
@@ -435,6 +445,7 @@ pub fn disconnect(name: Option<&str>) -> Result<Option<TeardownReport>> {
     if let Owner::Alive(r) = owner::owner_of(&state, &name) {
         return Err(WgError::NameInUse { name, pid: r.pid });
     }
+    let conf = state.file(&format!("{name}.conf"));
     if !exists
         && !dns::pending(&state.path, state.netns.inode, &name)
         && !conf.exists()
