@@ -37,6 +37,8 @@ pub struct Active {
     pub watchdog: Option<Arc<Watchdog>>,
     /// Held for the tunnel's life: released (after the record is removed) when it goes.
     pub lock: Arc<NameLock>,
+    /// The namespace-wide claim on the name (`state::NsClaim`), held likewise.
+    pub ns_claim: Option<Arc<crate::state::NsClaim>>,
 }
 
 static ACTIVE: Mutex<Vec<Active>> = Mutex::new(Vec::new());
@@ -256,6 +258,12 @@ pub fn teardown_named(name: &str, conf: Option<&Path>) -> TeardownReport {
     if get(name).is_some() {
         return cleanup_locked(&dir, name, conf);
     }
+    if let Some(pid) = claimed_elsewhere(name) {
+        return TeardownReport::refused(
+            name,
+            &format!("{name} belongs to live process {pid}; it was left alone"),
+        );
+    }
     match owner::owner_of(&dir, name) {
         Owner::Alive(r) => TeardownReport::refused(
             name,
@@ -445,10 +453,32 @@ pub fn sweep_dead_locked(dir: &StateDir) -> SweepReport {
     out
 }
 
+/// The pid of a live process (root or our uid, not this process) that claims `name` in this
+/// network namespace, whatever its state directory (`state::NsClaim`).
+pub fn claimed_elsewhere(name: &str) -> Option<u32> {
+    crate::state::NsClaim::holder(name)
+        .filter(|(pid, uid)| {
+            *pid != std::process::id() && (*uid == 0 || *uid == crate::trust::euid())
+        })
+        .map(|(pid, _)| pid)
+}
+
 /// A dead owner's tunnel (caller holds its name lock): the cleanup routine, then the caller's
 /// own config file the record names (`connectConfigFile`), which its owner can no longer
 /// remove: only `<name>.conf`, and only if trusted.
 fn reap_dead(dir: &StateDir, r: &owner::Record) -> TeardownReport {
+    if let Some(pid) = claimed_elsewhere(&r.name) {
+        // A live agent whose state lives elsewhere has the name now: the dead owner's record
+        // goes, its tunnel (now the other agent's) stays.
+        owner::remove(dir, &r.name);
+        return TeardownReport::refused(
+            &r.name,
+            &format!(
+                "{} is claimed by live process {pid}; only the stale record was removed",
+                r.name
+            ),
+        );
+    }
     let report = cleanup_locked(dir, &r.name, Some(&r.conf_path));
     if report.gone {
         if let Some(src) = &r.source {

@@ -14,7 +14,7 @@ use crate::error::{Result, WgError};
 use crate::netdev;
 use crate::owner::{self, Owner, Record};
 use crate::registry::{self, Active};
-use crate::state::{NameLock, StateDir};
+use crate::state::{Claim, NameLock, NsClaim, StateDir};
 use crate::teardown::TeardownReport;
 use crate::watchdog::Watchdog;
 
@@ -152,7 +152,7 @@ pub fn connect(
         .filter(|r| r.gone)
         .map(|r| r.name)
         .collect();
-    let (name, lock, replaced_own) = claim_name(&state, &cfg.name)?;
+    let (name, (lock, ns_claim), replaced_own) = claim_name(&state, &cfg.name)?;
     // The wg-quick backend's key file lives in the namespace's private state directory
     // (root-only, per namespace): no other user can pre-create or watch it, and agents in
     // other namespaces never see it.
@@ -256,6 +256,7 @@ pub fn connect(
         owner,
         watchdog: watchdog.clone(),
         lock: Arc::new(lock),
+        ns_claim: ns_claim.map(Arc::new),
     });
     let mut cfg = cfg;
     cfg.name = name.clone();
@@ -320,7 +321,7 @@ const NAME_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
 /// `WG_NAME_IN_USE`). A live tunnel of this process with that name is removed first (the
 /// SDK's second `installWgTunnel` for verify-before-capture). Returns the name, its lock and
 /// whether an own tunnel was replaced.
-fn claim_name(state: &StateDir, requested: &str) -> Result<(String, NameLock, bool)> {
+fn claim_name(state: &StateDir, requested: &str) -> Result<(String, Claimed, bool)> {
     if requested == "auto" {
         for n in (0..=AUTO_MAX).map(|i| format!("wgsent{i}")) {
             if registry::get(&n).is_some()
@@ -331,7 +332,11 @@ fn claim_name(state: &StateDir, requested: &str) -> Result<(String, NameLock, bo
             }
             if let Some(lock) = NameLock::try_acquire(state, &n)? {
                 if !matches!(owner::owner_of(state, &n), Owner::Alive(_) | Owner::Me(_)) {
-                    return Ok((n, lock, false));
+                    match NsClaim::take(&n) {
+                        Claim::TakenBy(_) => continue,
+                        Claim::Held(c) => return Ok((n, (lock, Some(c)), false)),
+                        Claim::Squatted => return Ok((n, (lock, None), false)),
+                    }
                 }
             }
         }
@@ -358,23 +363,40 @@ fn claim_name(state: &StateDir, requested: &str) -> Result<(String, NameLock, bo
         }
         replaced = true;
     }
-    if let Some(lock) = NameLock::try_acquire(state, &name)? {
-        return Ok((name, lock, replaced));
-    }
-    if let Owner::Alive(r) = owner::owner_of(state, &name) {
-        return Err(WgError::NameInUse { name, pid: r.pid });
-    }
-    match NameLock::acquire(state, &name, NAME_BOUND)? {
-        Some(lock) => Ok((name, lock, replaced)),
-        None => match owner::owner_of(state, &name) {
-            Owner::Alive(r) => Err(WgError::NameInUse { name, pid: r.pid }),
-            _ => Err(WgError::setup(
-                "name",
-                format!("another process held {name} for more than {NAME_BOUND:?}; retry"),
-            )),
-        },
+    let lock = match NameLock::try_acquire(state, &name)? {
+        Some(lock) => lock,
+        None => {
+            if let Owner::Alive(r) = owner::owner_of(state, &name) {
+                return Err(WgError::NameInUse { name, pid: r.pid });
+            }
+            match NameLock::acquire(state, &name, NAME_BOUND)? {
+                Some(lock) => lock,
+                None => {
+                    return match owner::owner_of(state, &name) {
+                        Owner::Alive(r) => Err(WgError::NameInUse { name, pid: r.pid }),
+                        _ => Err(WgError::setup(
+                            "name",
+                            format!(
+                                "another process held {name} for more than {NAME_BOUND:?}; retry"
+                            ),
+                        )),
+                    }
+                }
+            }
+        }
+    };
+    // The namespace-wide claim: a live agent whose state lives elsewhere (another /run,
+    // another BLUE_WG_STATE_DIR) holds it for its tunnel.
+    match NsClaim::take(&name) {
+        Claim::Held(c) => Ok((name, (lock, Some(c)), replaced)),
+        Claim::Squatted => Ok((name, (lock, None), replaced)),
+        Claim::TakenBy(pid) => Err(WgError::NameInUse { name, pid }),
     }
 }
+
+/// A name this connect holds: its lock in the state directory, and its namespace-wide claim
+/// (None when another user squats on the claim's socket).
+type Claimed = (NameLock, Option<NsClaim>);
 
 fn bring_up(
     be: &dyn Backend,
@@ -429,6 +451,9 @@ pub fn disconnect(name: Option<&str>) -> Result<Option<TeardownReport>> {
             driver: netdev::driver(&name).unwrap_or_else(|| "unknown".into()),
             name,
         });
+    }
+    if let Some(pid) = registry::claimed_elsewhere(&name) {
+        return Err(WgError::NameInUse { name, pid });
     }
     // Not ours: only with a trusted state directory (an unsafe one is refused, not read).
     let state = StateDir::existing()?;
