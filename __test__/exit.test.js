@@ -5,7 +5,7 @@ const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const testbed = require('../testbed')
-const { tmpdir, startAgent, runAgent, assertClean, resolvConfPath, linkExists } = require('./helpers')
+const { tmpdir, startAgent, runAgent, assertClean, resolvConfPath, linkExists, stateDir } = require('./helpers')
 
 const FULL = ['0.0.0.0/0', '::/0']
 let tb
@@ -38,7 +38,7 @@ test('the seed: a SIGKILLed full tunnel on wgsent0 does not wedge the next conne
   // What a killed run leaves under wireguard-go: the interface, tunnel DNS and the key file.
   assert.equal(await linkExists(tb, 'wgsent0'), true)
   assert.match(fs.readFileSync(resolvConfPath(tb), 'utf8'), /nameserver 10\.8\.0\.1/)
-  assert.equal(fs.existsSync(`${tmp}/sentinel-wg/wgsent0.conf`), true)
+  assert.equal(fs.existsSync(`${stateDir(tb)}/wgsent0.conf`), true)
 
   const r = await runAgent(tb, fullPlan(undefined, { resolve: tb.dnsName, then: 'disconnect' }), { tmp })
   const connected = r.event('connected')

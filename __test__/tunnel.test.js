@@ -3,8 +3,9 @@
 const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
+const path = require('node:path')
 const testbed = require('../testbed')
-const { tmpdir, startAgent, runAgent, assertClean, resolvConfPath, linkExists } = require('./helpers')
+const { tmpdir, startAgent, runAgent, assertClean, resolvConfPath, linkExists, stateDir } = require('./helpers')
 
 const FULL = ['0.0.0.0/0', '::/0']
 let tb
@@ -48,10 +49,12 @@ test('full tunnel: traffic and DNS go through the tunnel, disconnect leaves noth
   assert.deepEqual([resolved.ok, resolved.address], [true, tb.dnsAnswer])
 
   await a.next('waiting')
-  // While it is up: the key file is private, DNS points into the tunnel, wg-quick's rules exist.
+  // While it is up: the key file is private (0600, in the namespace's 0700 state dir), DNS
+  // points into the tunnel, wg-quick's rules exist.
   const conf = fs.statSync(info.configPath)
   assert.equal(conf.mode & 0o777, 0o600)
-  assert.equal(fs.statSync(`${tmp}/sentinel-wg`).mode & 0o777, 0o700)
+  assert.equal(path.dirname(info.configPath), stateDir(tb))
+  assert.equal(fs.statSync(stateDir(tb)).mode & 0o777, 0o700)
   assert.doesNotMatch(fs.readFileSync(info.configPath, 'utf8'), /DNS|PostUp|PreUp/)
   assert.match(fs.readFileSync(resolvConfPath(tb), 'utf8'), /^nameserver 10\.8\.0\.1$/m)
   const rules = await tb.execCli('ip', ['-4', 'rule', 'show'])
