@@ -403,6 +403,17 @@ fn restore_file(at: &At, name: &str, is_live: &dyn Fn(&str) -> bool) -> bool {
     let saved = read_saved(at.dir);
     let ours = recognise(&cur, at.netns, saved.as_ref());
     if !had_entry && ours.as_ref().is_none_or(|r| r.tunnel != name) {
+        // Nothing of ours in resolv.conf for `name`. An owner killed inside `apply` (after
+        // saving the original, before its entry was renamed into place) can still have left
+        // a temp entry, and an original no tunnel uses any more: drop both.
+        remove_entry(at.dir, name);
+        let any_file_entry = load_entries(at.dir)
+            .iter()
+            .any(|(_, e)| e.method == DnsMethod::File);
+        if ours.is_none() && !any_file_entry {
+            remove_state(at.dir, ORIG_FILE);
+            remove_state(at.dir, &format!(".{ORIG_FILE}.tmp"));
+        }
         return false;
     }
     let mut dropped = vec![name.to_string()];
@@ -1052,6 +1063,8 @@ fn remove_state(dir: &Path, file: &str) {
 
 fn remove_entry(dir: &Path, name: &str) {
     remove_state(dir, &entry_file(name));
+    // A write of the entry cut short before its rename.
+    remove_state(dir, &format!(".{}.tmp", entry_file(name)));
 }
 
 #[cfg(test)]

@@ -377,9 +377,9 @@ pub fn cleanup_env(owner: u64) -> Vec<TeardownReport> {
 /// owner's is released by the kernel), and only if the record still names that dead owner
 /// (a new owner may have taken the name).
 pub fn cleanup_dead_owner(name: &str, pid: u32, start: u64) -> Option<TeardownReport> {
-    let (dir, recreated) = match StateDir::existing() {
-        Ok(Some(d)) => (d, false),
-        Ok(None) => (StateDir::create().ok()?, true),
+    let dir = match StateDir::existing() {
+        Ok(Some(d)) => d,
+        Ok(None) => StateDir::create().ok()?,
         Err(_) => return None,
     };
     let _held = NameLock::acquire(&dir, name, DEAD_OWNER_LOCK_BOUND)
@@ -393,9 +393,11 @@ pub fn cleanup_dead_owner(name: &str, pid: u32, start: u64) -> Option<TeardownRe
             owner::remove(&dir, name);
             None
         }
-        // The whole state directory was removed while the tunnel was up (its record with it):
-        // the tunnel this watchdog guards is still ours to remove.
-        Owner::Nobody if recreated && crate::netdev::exists(name) => {
+        // The state directory was removed while the tunnel was up (its record with it), and
+        // made anew by us or by another agent: the tunnel this watchdog was started for is
+        // still its dead owner's (we hold the name's lock and no live agent claims the name),
+        // so it goes. DNS comes back from the copy inside the rewritten resolv.conf.
+        Owner::Nobody if crate::netdev::exists(name) && claimed_elsewhere(name).is_none() => {
             Some(cleanup_locked(&dir, name, None))
         }
         _ => None,

@@ -67,7 +67,7 @@ impl TeardownReport {
     pub fn refused(name: &str, why: &str) -> Self {
         TeardownReport {
             name: name.to_string(),
-            existed: false,
+            existed: crate::config::validate_interface_name(name).is_ok() && netdev::exists(name),
             gone: false,
             steps: vec![skipped("all", why)],
             config_removed: false,
