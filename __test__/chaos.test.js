@@ -153,12 +153,10 @@ const killPoints = [
   ['rewriting resolv.conf for the tunnel DNS (file truncated, not yet written)',
     () => '/etc/resolv.conf', 'write,pwrite64,writev', null, 'connected'],
   ['writing its DNS entry in the state dir (original saved, entry in its temp file, not yet renamed)',
-    (_tmp, name) => path.join(stateDir(tb), `.${name}.dns.tmp`), 'write,pwrite64,writev', null, 'connected',
-    'product bug: a kill between saving resolv.orig and renaming .<name>.dns.tmp into place leaves both in the ' +
-    'state dir (dns.rs restore returns early when the tunnel has no entry and resolv.conf is not yet rewritten)'],
+    (_tmp, name) => path.join(stateDir(tb), `.${name}.dns.tmp`), 'write,pwrite64,writev', null, 'connected'],
 ]
-for (const [label, file, calls, reached, notReached, todo] of killPoints) {
-  test(`kill point: SIGKILLed while ${label}`, { todo }, async (t) => {
+for (const [label, file, calls, reached, notReached] of killPoints) {
+  test(`kill point: SIGKILLed while ${label}`, async (t) => {
     if (!straceOk) return t.skip('strace cannot trace here')
     const tmp = tmpdir(t)
     const name = `${tb.prefix}k`

@@ -583,15 +583,8 @@ async function stateDirRemoved(t, meanwhile) {
 test('8e: the namespace\'s state dir removed under a full tunnel with DNS, then its owner SIGKILLed: its watchdog removes everything within 1 s', (t) =>
   stateDirRemoved(t, false))
 
-test('8e: the state dir removed under a full tunnel with DNS, re-created by another agent, then its owner SIGKILLed: its watchdog removes everything within 1 s', {
-  todo: 'product bug: src/registry.rs cleanup_dead_owner removes a tunnel that has no record only when the watchdog itself ' +
-    're-created the state dir (`recreated`); once another agent has re-created it, the dead owner\'s interface, rules and ' +
-    'tunnel DNS stay, and no later call removes them (no record)',
-}, (t) => stateDirRemoved(t, true))
-
-const TMPDIR_GONE = 'product bug: src/cmd.rs runs every command with its output in tempfile::tempfile(), created in $TMPDIR; ' +
-  'once TMPDIR is gone every command fails ("cannot create a temp file"), so disconnect() reports gone:false and the exit ' +
-  'hooks and the watchdog leave the interface, its rules and the tunnel DNS'
+test('8e: the state dir removed under a full tunnel with DNS, re-created by another agent, then its owner SIGKILLed: its watchdog removes everything within 1 s',
+  (t) => stateDirRemoved(t, true))
 
 /** After a TMPDIR-gone case: the agent is dead; a start-up cleanup (with a TMPDIR that exists)
  *  removes what it left, so the tests after it start clean. */
@@ -602,7 +595,7 @@ async function sweepAfter(r, a, name) {
   assert.ok(w.clean, `the sweep left: ${w.problems.join('; ')}`)
 }
 
-test('8e: the agent\'s whole TMPDIR removed under a full tunnel with DNS: disconnect() still removes everything', { todo: TMPDIR_GONE }, async (t) => {
+test('8e: the agent\'s whole TMPDIR removed under a full tunnel with DNS: disconnect() still removes everything', async (t) => {
   const r = reaper(t)
   const tmp = r.tmp()
   const name = `${tb.prefix}g`
@@ -623,7 +616,7 @@ test('8e: the agent\'s whole TMPDIR removed under a full tunnel with DNS: discon
   }
 })
 
-test('8e: the agent\'s whole TMPDIR removed under a full tunnel with DNS, then the agent SIGKILLed: its watchdog removes everything within 1 s', { todo: TMPDIR_GONE }, async (t) => {
+test('8e: the agent\'s whole TMPDIR removed under a full tunnel with DNS, then the agent SIGKILLed: its watchdog removes everything within 1 s', async (t) => {
   const r = reaper(t)
   const tmp = r.tmp()
   const name = `${tb.prefix}g`

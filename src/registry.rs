@@ -189,11 +189,16 @@ pub fn is_live(dir: &StateDir, name: &str) -> bool {
 pub fn cleanup_locked(dir: &StateDir, name: &str, conf: Option<&Path>) -> TeardownReport {
     let active = get(name);
     let record = owner::read(dir, name);
-    let conf = conf
-        .map(Path::to_path_buf)
-        .or_else(|| active.as_ref().map(|a| a.conf_path.clone()))
+    // The key file we wrote for this tunnel (in the state directory), whatever file the
+    // caller names for step 1 of the teardown.
+    let own_conf = active
+        .as_ref()
+        .map(|a| a.conf_path.clone())
         .or_else(|| record.as_ref().map(|r| r.conf_path.clone()))
         .unwrap_or_else(|| dir.file(&format!("{name}.conf")));
+    let conf = conf
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| own_conf.clone());
     let full_tunnel = record.as_ref().is_some_and(|r| r.full_tunnel)
         || active.as_ref().is_some_and(|a| a.full_tunnel);
     let watchdog = active.and_then(|a| a.watchdog);
@@ -217,6 +222,9 @@ pub fn cleanup_locked(dir: &StateDir, name: &str, conf: Option<&Path>) -> Teardo
         r
     });
     if report.gone {
+        if own_conf != conf && own_conf.starts_with(&dir.path) {
+            report.config_removed |= confdir::shred(&own_conf);
+        }
         if !matches!(owner::owner_of(dir, name), Owner::Alive(_)) {
             owner::remove(dir, name);
         }
@@ -541,6 +549,14 @@ pub fn emergency_cleanup() -> SweepReport {
         Err(e) => out
             .warnings
             .push(format!("{e} (nothing in it was read or removed)")),
+    }
+    // Nothing in `<tmp>/sentinel-wg` is read here; one that another user prepared is still
+    // worth a warning (the SDK writes its keys there, and `connectConfigFile` will refuse it).
+    let cdir = confdir::config_dir();
+    if std::fs::symlink_metadata(&cdir).is_ok() {
+        if let Err(e) = confdir::check_private_dir(&cdir) {
+            out.warnings.push(e.to_string());
+        }
     }
     out
 }
