@@ -381,8 +381,13 @@ fn restore_at(at: &At, name: &str, is_live: &dyn Fn(&str) -> bool) -> bool {
     // The cheap way out (no lock, no write): no entry, and resolv.conf does not even claim to
     // be ours for `name`.
     if !entry.is_some_and(|e| e.method == DnsMethod::File) {
+        // ...unless a kill inside `apply` left its temp entry (and maybe an original no
+        // tunnel uses): those are dropped under the lock.
+        let cut_apply =
+            fs::symlink_metadata(at.dir.join(format!(".{}.tmp", entry_file(name)))).is_ok();
         match read_current(at.resolv) {
             Ok(cur) if cur.header() == Some((at.netns, name)) => {}
+            _ if cut_apply => {}
             _ => return undone,
         }
     }
@@ -1658,5 +1663,27 @@ mod tests {
         assert_eq!(effective(&link), link);
         let plain = d.path().join("plain");
         assert_eq!(effective(&plain), plain);
+    }
+
+    #[test]
+    fn a_kill_inside_apply_leaves_nothing_after_restore() {
+        let e = env();
+        e.write(b"nameserver 192.0.2.53\n", 0o644);
+        // As if killed after saving the original, inside the entry's write.
+        let orig = Original::File {
+            bytes: b"nameserver 192.0.2.53\n".to_vec(),
+            mode: 0o644,
+        };
+        write_state(&e.dir, ORIG_FILE, &orig.encode()).unwrap();
+        fs::write(e.dir.join(".a.dns.tmp"), b"method resolv.conf\n").unwrap();
+        assert!(!e.restore("a", &[]));
+        let left: Vec<_> = fs::read_dir(&e.dir)
+            .unwrap()
+            .filter_map(|d| d.ok())
+            .map(|d| d.file_name().into_string().unwrap())
+            .filter(|f| f != "lock")
+            .collect();
+        assert!(left.is_empty(), "left: {left:?}");
+        assert_eq!(fs::read(&e.resolv).unwrap(), b"nameserver 192.0.2.53\n");
     }
 }

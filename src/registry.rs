@@ -222,8 +222,11 @@ pub fn cleanup_locked(dir: &StateDir, name: &str, conf: Option<&Path>) -> Teardo
         r
     });
     if report.gone {
-        if own_conf != conf && own_conf.starts_with(&dir.path) {
-            report.config_removed |= confdir::shred(&own_conf);
+        if own_conf != conf && own_conf.starts_with(&dir.path) && confdir::shred(&own_conf) {
+            report.steps.push(teardown::StepReport::note(
+                "key-file",
+                &format!("removed the tunnel's own key file {}", own_conf.display()),
+            ));
         }
         if !matches!(owner::owner_of(dir, name), Owner::Alive(_)) {
             owner::remove(dir, name);
