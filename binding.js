@@ -843,5 +843,6 @@ module.exports.connectConfigFile = nativeBinding.connectConfigFile
 module.exports.disconnect = nativeBinding.disconnect
 module.exports.emergencyCleanupSync = nativeBinding.emergencyCleanupSync
 module.exports.prepareConfigDir = nativeBinding.prepareConfigDir
+module.exports.shredConfigFile = nativeBinding.shredConfigFile
 module.exports.status = nativeBinding.status
 module.exports.teardownLinuxInterface = nativeBinding.teardownLinuxInterface

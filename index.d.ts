@@ -135,6 +135,14 @@ export interface PeerConfig {
  */
 export declare function prepareConfigDir(): string
 
+/**
+ * Zero-fill, sync and delete a config file, but only a trusted one: a regular file of ours,
+ * not writable by others, with one link, reached through directories only root and we can
+ * change and no symbolic link. Returns true when it was removed. Synchronous, never throws
+ * (what `blue-wireguard/compat`'s `uninstallWgTunnel` uses for the SDK's file).
+ */
+export declare function shredConfigFile(confPath: string): boolean
+
 /** The kernel's view of `name` (default: this process's latest tunnel, else `wgsent0`). */
 export declare function status(name?: string | undefined | null): TunnelStatus
 

@@ -12,7 +12,8 @@ const { loadBinding } = require('./lib/load.js')
 
 const binding = loadBinding()
 require('./lib/hooks.js').install(binding)
-const native = require('./binding.js')
+module.exports = require('./binding.js')
+const native = { connect: module.exports.connect, connectConfigFile: module.exports.connectConfigFile }
 
 /** Options with an onProgress that reports, rather than loses, what it throws. */
 function guardProgress(options) {
@@ -35,8 +36,8 @@ function guardProgress(options) {
   }
 }
 
-module.exports = {
-  ...native,
-  connect: (config, options) => native.connect(config, guardProgress(options)),
-  connectConfigFile: (confPath, options) => native.connectConfigFile(confPath, guardProgress(options)),
-}
+// Assigned property by property (not a spread), so Node's ESM import of this CommonJS file
+// still sees every named export.
+module.exports.connect = (config, options) => native.connect(config, guardProgress(options))
+module.exports.connectConfigFile = (confPath, options) =>
+  native.connectConfigFile(confPath, guardProgress(options))

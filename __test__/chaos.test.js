@@ -10,7 +10,7 @@ const fs = require('node:fs')
 
 const testbed = require('../testbed')
 const path = require('node:path')
-const { tmpdir, startAgent, runAgent, resolvConfPath, waitClean, sleep, killAgent } = require('./helpers')
+const { tmpdir, startAgent, runAgent, resolvConfPath, waitClean, sleep, killAgent, stateDir } = require('./helpers')
 
 const ROUNDS = Number(process.env.BW_CHAOS_ROUNDS) || 50 // more for a longer hunt
 const BASELINE_RUNS = 3
@@ -145,12 +145,15 @@ test(`chaos: ${ROUNDS} owners SIGKILLed at random moments; each converges within
 const AGENT = path.join(__dirname, 'fixtures', 'agent.js')
 const killPoints = [
   // [label, file (tmp, name) -> path, syscalls, events the agent must (not) have reached]
+  // (Records live in the namespace's state dir, /run/blue-wireguard/net-<inode>, not in tmp.)
   ['creating its ownership record (record created, not yet written)',
-    (tmp, name) => path.join(tmp, 'sentinel-wg', `${name}.owner`), 'write,pwrite64,writev', null, 'connected'],
+    (_tmp, name) => path.join(stateDir(tb), `${name}.owner`), 'write,pwrite64,writev', null, 'connected'],
   ['removing its ownership record in disconnect',
-    (tmp, name) => path.join(tmp, 'sentinel-wg', `${name}.owner`), 'unlink,unlinkat', 'connected', 'disconnected'],
+    (_tmp, name) => path.join(stateDir(tb), `${name}.owner`), 'unlink,unlinkat', 'connected', 'disconnected'],
   ['rewriting resolv.conf for the tunnel DNS (file truncated, not yet written)',
     () => '/etc/resolv.conf', 'write,pwrite64,writev', null, 'connected'],
+  ['writing its DNS entry in the state dir (original saved, entry in its temp file, not yet renamed)',
+    (_tmp, name) => path.join(stateDir(tb), `.${name}.dns.tmp`), 'write,pwrite64,writev', null, 'connected'],
 ]
 for (const [label, file, calls, reached, notReached] of killPoints) {
   test(`kill point: SIGKILLed while ${label}`, async (t) => {
@@ -173,9 +176,10 @@ for (const [label, file, calls, reached, notReached] of killPoints) {
     assert.ok(!events.includes(notReached), `the kill did not land: ${events}`)
     const r = await waitClean(tb, { t0, boundMs: 3000, names: [name], tmp, original })
     t.diagnostic(`events before the kill: ${events.join(' ') || '(none)'}; clean ${r.ms.toFixed(1)} ms after the agent died`)
+    // The fresh connect runs whatever the kill left (so the next test starts from a clean slate).
+    const fresh = await runAgent(tb, plan, { tmp })
     assert.ok(r.clean, `not clean after ${r.ms.toFixed(0)} ms: ${r.problems.join('; ')}`)
     assert.ok(r.ms < CONVERGE_MS)
-    const fresh = await runAgent(tb, plan, { tmp })
     assert.equal(fresh.event('disconnected')?.report.gone, true, JSON.stringify(fresh.events))
     assert.equal(fresh.exit.status, 0)
     assert.ok((await waitClean(tb, { boundMs: 1500, names: [name], tmp, original })).clean)

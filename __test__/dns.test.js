@@ -1,6 +1,8 @@
 'use strict'
 // The two DNS methods this machine lacks, through stand-ins that record how they are called:
 // `resolvconf` (when installed) and systemd-resolved's `resolvectl` (when it manages DNS).
+// Both act on the host's resolver state, so the addon uses them only in PID 1's network
+// namespace; here (a testbed namespace) BLUE_WG_DNS_METHOD forces them.
 // The resolv.conf rewrite, the method used here, is covered by tunnel.test.js and exit.test.js.
 const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
@@ -35,7 +37,7 @@ test('with resolvconf installed, DNS goes through `resolvconf -a` and comes back
   const r = await runAgent(
     tb,
     { config: tb.tunnelConfig(0, { allowedIps: FULL, name }), then: 'disconnect' },
-    { tmp, env: { PATH: rc.PATH } },
+    { tmp, env: { PATH: rc.PATH, BLUE_WG_DNS_METHOD: 'resolvconf' } },
   )
   assert.equal(r.event('connected')?.info.dnsMethod, 'resolvconf', JSON.stringify(r.events))
   assert.equal(rc.log(), `-a ${name} -m 0 -x <<nameserver 10.8.0.1;nameserver 1.1.1.1;\n-d ${name} -f\n`)
@@ -53,7 +55,7 @@ test('where systemd-resolved manages DNS, it is set per link with resolvectl and
   const r = await runAgent(
     tb,
     { config: tb.tunnelConfig(0, { allowedIps: FULL, name }), then: 'disconnect' },
-    { tmp, env: { PATH: rv.PATH } },
+    { tmp, env: { PATH: rv.PATH, BLUE_WG_DNS_METHOD: 'systemd-resolved' } },
   )
   assert.equal(r.event('connected')?.info.dnsMethod, 'systemd-resolved', JSON.stringify(r.events))
   assert.equal(rv.log(), `dns ${name} 10.8.0.1 1.1.1.1\ndomain ${name} ~.\ndefault-route ${name} true\n`)

@@ -5,7 +5,7 @@ const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const testbed = require('../testbed')
-const { tmpdir, startAgent, runAgent, assertClean, resolvConfPath, linkExists } = require('./helpers')
+const { tmpdir, startAgent, runAgent, assertClean, resolvConfPath, linkExists, stateDir } = require('./helpers')
 
 const FULL = ['0.0.0.0/0', '::/0']
 let tb
@@ -48,12 +48,12 @@ test('the seed: a SIGKILLed full tunnel on wgsent0 does not wedge the next conne
     // the process, and the rules fall through to the main table (nothing is black-holed).
     assert.equal(await linkExists(tb, 'wgsent0'), false)
     assert.match((await tb.execCli('ip', ['-4', 'rule', 'show'])).stdout, /suppress_prefixlength 0/)
-    assert.equal(fs.existsSync(`${tmp}/sentinel-wg`), false, 'no key file was ever written')
+    assert.equal(fs.existsSync(`${stateDir(tb)}/wgsent0.conf`), false, 'no key file was ever written')
     assert.equal(await reachable(`http://${tb.endpoint.split(':')[0]}/after-kill`), true, 'traffic black-holed')
   } else {
     // What a killed run leaves under wireguard-go: the interface, tunnel DNS and the key file.
     assert.equal(await linkExists(tb, 'wgsent0'), true)
-    assert.equal(fs.existsSync(`${tmp}/sentinel-wg/wgsent0.conf`), true)
+    assert.equal(fs.existsSync(`${stateDir(tb)}/wgsent0.conf`), true)
   }
 
   const r = await runAgent(tb, fullPlan(undefined, { resolve: tb.dnsName, then: 'disconnect' }), { tmp })

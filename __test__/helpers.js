@@ -143,7 +143,8 @@ async function ifindex(tb, name) {
  * One look at the cli namespace: what is left of the tunnels `names`? Returns a list of
  * problems (empty = clean). The cheap checks (files, resolv.conf, processes: read from the
  * host) go first; the kernel checks (links, rules, nft, via execCli) only run when those pass.
- *   files: 'all' (the config dir must be empty) or 'named' (no `<name>.*` file)
+ *   files: 'all' (the config dir must be empty, and the state dir hold nothing but lock files)
+ *          or 'named' (no `<name>.*` file in either)
  *   keepPids: processes allowed to live in the namespace (e.g. another agent's)
  */
 async function leftovers(tb, { names, tmp, original, files = 'all', keepPids = [], ino = nsInode(tb) }) {
@@ -155,7 +156,7 @@ async function leftovers(tb, { names, tmp, original, files = 'all', keepPids = [
   } catch {}
   if (files === 'named') entries = entries.filter((f) => names.some((n) => f.startsWith(`${n}.`)))
   if (entries.length) problems.push(`files in ${dir}: ${entries.join(' ')}`)
-  const state = names.flatMap((n) => stateFiles(tb, n))
+  const state = files === 'all' ? allStateFiles(tb) : names.flatMap((n) => stateFiles(tb, n))
   if (state.length) problems.push(`state files: ${state.join(' ')}`)
   if (original !== undefined && fs.readFileSync(resolvConfPath(tb), 'utf8') !== original) {
     problems.push('resolv.conf is not the original')
@@ -202,10 +203,22 @@ function stateDir(tb) {
   return path.join('/run/blue-wireguard', `net-${nsInode(tb)}`)
 }
 
-/** Files of tunnel `name` in the state dir other than its lock file (which is kept). */
+/** Files of tunnel `name` in the state dir other than its lock file (which is kept),
+ *  including a temp file of its (`.<name>.dns.tmp`) that a write cut short could leave. */
 function stateFiles(tb, name) {
   try {
-    return fs.readdirSync(stateDir(tb)).filter((f) => f.startsWith(`${name}.`) && f !== `${name}.lock`)
+    return fs.readdirSync(stateDir(tb)).filter((f) => (f.startsWith(`${name}.`) || f.startsWith(`.${name}.`)) && f !== `${name}.lock`)
+  } catch {
+    return []
+  }
+}
+
+/** Every file in the state dir but the lock files and `netns.cookie` (kept for the
+ *  namespace's life): what a namespace with no tunnel of ours (and no DNS change of ours) must
+ *  not hold, e.g. a key file or `resolv.orig`. */
+function allStateFiles(tb) {
+  try {
+    return fs.readdirSync(stateDir(tb)).filter((f) => !f.endsWith('.lock') && f !== 'netns.cookie')
   } catch {
     return []
   }
@@ -243,5 +256,5 @@ async function killAgent(a) {
 module.exports = {
   tmpdir, startAgent, runAgent, linkExists, assertClean, resolvConfPath, SIGNUM,
   sleep, nsInode, procState, procGone, procStartTime, procStatus, nsProcesses, ifindex, leftovers, waitClean,
-  renderRecord, parseRecord, killAgent, stateDir, stateFiles,
+  renderRecord, parseRecord, killAgent, stateDir, stateFiles, allStateFiles,
 }

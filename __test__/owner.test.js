@@ -12,7 +12,7 @@ const path = require('node:path')
 const testbed = require('../testbed')
 const {
   tmpdir, startAgent, assertClean, resolvConfPath, sleep, procGone, procStartTime, procStatus,
-  nsProcesses, ifindex, waitClean, renderRecord, parseRecord, killAgent,
+  nsProcesses, ifindex, waitClean, renderRecord, parseRecord, killAgent, stateDir, stateFiles,
 } = require('./helpers')
 const { runProbe } = require('./fixtures/probe-run.js')
 
@@ -43,12 +43,25 @@ async function connected(t, plan, opts) {
   return { a, info: ev.info }
 }
 
-/** The private config dir as the addon wants it (0700, ours), made by the test. */
-function makeConfigDir(tmp) {
-  const dir = path.join(tmp, 'sentinel-wg')
-  fs.mkdirSync(dir, { mode: 0o700 })
-  fs.chmodSync(dir, 0o700)
+/** The cli namespace's state dir (records, locks, key files, DNS state) as the addon makes it
+ *  (0700, root's, every level), for a test that plants files there; returns its path. */
+function makeStateDir() {
+  const dir = stateDir(tb)
+  for (const d of [path.dirname(dir), dir]) {
+    if (fs.existsSync(d)) continue
+    fs.mkdirSync(d, { mode: 0o700 })
+    fs.chmodSync(d, 0o700)
+  }
   return dir
+}
+
+/** The files of tunnel `name` in the state dir (and the namespace's saved resolv.conf). */
+function stateListing(name) {
+  let all = []
+  try {
+    all = fs.readdirSync(stateDir(tb))
+  } catch {}
+  return all.filter((f) => f.startsWith(`${name}.`) || f === 'resolv.orig').sort()
 }
 
 test('watchdog: a SIGKILLed owner leaves nothing behind within 1 s, without a new process', async (t) => {
@@ -61,14 +74,19 @@ test('watchdog: a SIGKILLed owner leaves nothing behind within 1 s, without a ne
   }, { tmp })
   assert.equal((await a.next('fetch')).ok, true)
   await a.next('waiting')
-  // What there is to clean: DNS, key file, record, the watchdog.
+  // What there is to clean: DNS, key file, record, the watchdog. The key file, the record, the
+  // lock, the tunnel's DNS entry and the saved original resolv.conf are in the namespace's
+  // state dir (not in TMPDIR).
   assert.match(fs.readFileSync(resolvConfPath(tb), 'utf8'), /nameserver 10\.8\.0\.1/)
-  const dir = path.join(tmp, 'sentinel-wg')
-  assert.deepEqual(fs.readdirSync(dir).sort(), [`${name}.conf`, `${name}.dns`, `${name}.owner`, `${name}.resolv`])
-  const rec = parseRecord(fs.readFileSync(path.join(dir, `${name}.owner`), 'utf8'))
+  const dir = stateDir(tb)
+  assert.deepEqual(stateListing(name), [`${name}.conf`, `${name}.dns`, `${name}.lock`, `${name}.owner`, 'resolv.orig'])
+  assert.equal(info.configPath, path.join(dir, `${name}.conf`))
+  const rec = parseRecord(fs.readFileSync(path.join(stateDir(tb), `${name}.owner`), 'utf8'))
   assert.equal(rec.pid, String(a.child.pid))
   assert.equal(rec.watchdog_pid, String(info.watchdogPid))
   assert.equal(rec.netns, cliNetns)
+  assert.match(rec.netns_cookie, /^[1-9]\d*$/, 'the record names the namespace by its cookie too')
+  assert.equal(rec.conf_path, path.join(dir, `${name}.conf`))
   assert.equal(procGone(info.watchdogPid), false)
 
   const t0 = performance.now()
@@ -123,7 +141,7 @@ test('watchdog: a separate small process while up, gone right after a normal dis
 })
 
 test("two live agents with name 'auto': one is SIGKILLed, the other's tunnel passes traffic throughout", async (t) => {
-  const tmp = tmpdir(t) // shared: both agents see each other's records
+  const tmp = tmpdir(t) // one TMPDIR for both (their records are the namespace's either way)
   // Split tunnels with distinct routes (two /32 routes to one host on two links would clash).
   const A = await connected(t, {
     config: tb.tunnelConfig(0, { allowedIps: ['10.8.0.1/32'], name: 'auto' }),
@@ -157,11 +175,11 @@ test("two live agents with name 'auto': one is SIGKILLed, the other's tunnel pas
 
   // A third process's start-up cleanup sweeps dead owners only.
   const { byId } = await runProbe(tb, [{ id: 'e', op: 'emergency', n: 1 }], { tmp })
-  assert.deepEqual(byId.get('e').values, ['undefined'])
+  assert.deepEqual(byId.get('e').values, [{ removed: [], warnings: [] }])
   await sleep(200)
   assert.equal(await ifindex(tb, 'wgsent1'), indexB, "B's interface was replaced or removed")
-  assert.ok(fs.existsSync(path.join(tmp, 'sentinel-wg', 'wgsent1.owner')), "B's record was removed")
-  assert.ok(fs.existsSync(path.join(tmp, 'sentinel-wg', 'wgsent1.conf')), "B's key file was removed")
+  assert.ok(fs.existsSync(path.join(stateDir(tb), 'wgsent1.owner')), "B's record was removed")
+  assert.ok(fs.existsSync(path.join(stateDir(tb), 'wgsent1.conf')), "B's key file was removed")
   assert.equal(procGone(B.info.watchdogPid), false, "B's watchdog was stopped")
 
   B.a.child.kill('SIGUSR2')
@@ -196,7 +214,7 @@ test('explicit-name conflict: the second live process gets WG_NAME_IN_USE naming
 
   // A is untouched and still works.
   assert.equal(await ifindex(tb, name), index)
-  const rec = parseRecord(fs.readFileSync(path.join(tmp, 'sentinel-wg', `${name}.owner`), 'utf8'))
+  const rec = parseRecord(fs.readFileSync(path.join(stateDir(tb), `${name}.owner`), 'utf8'))
   assert.equal(rec.pid, String(A.a.child.pid))
   const probe = await tb.execCli('python3', [PROBE_PY, 'http', url()])
   assert.equal(probe.code, 0, probe.stderr)
@@ -211,14 +229,14 @@ test('explicit-name conflict: the second live process gets WG_NAME_IN_USE naming
 
 test('pid reuse: a record whose pid now belongs to another process (other start time) is dead', async (t) => {
   const tmp = tmpdir(t)
-  const dir = makeConfigDir(tmp)
+  const state = makeStateDir()
   const name = `${tb.prefix}r`
   const sleeper = spawn('sleep', ['30'], { stdio: 'ignore' })
   t.after(() => sleeper.kill('SIGKILL'))
   await new Promise((r) => sleeper.once('spawn', r))
   const start = procStartTime(sleeper.pid)
   const record = (startTime) => renderRecord({
-    name, pid: sleeper.pid, startTime, netns: cliNetns, confPath: path.join(dir, `${name}.conf`),
+    name, pid: sleeper.pid, startTime, netns: cliNetns, confPath: path.join(state, `${name}.conf`),
   })
   const ops = [
     { id: 'c', op: 'connect', args: [tb.tunnelConfig(0, { name })], undo: false },
@@ -227,16 +245,16 @@ test('pid reuse: a record whose pid now belongs to another process (other start 
   ]
 
   // Control: the same pid with its real start time is a live owner.
-  fs.writeFileSync(path.join(dir, `${name}.owner`), record(start), { mode: 0o600 })
+  fs.writeFileSync(path.join(state, `${name}.owner`), record(start), { mode: 0o600 })
   let { byId } = await runProbe(tb, ops.slice(0, 1), { tmp })
   const c0 = byId.get('c').call
   assert.equal(c0.ok, false, JSON.stringify(c0))
   assert.equal(c0.error.code, 'WG_NAME_IN_USE')
   assert.match(c0.error.message, new RegExp(`\\b${sleeper.pid}\\b`))
-  assert.ok(fs.existsSync(path.join(dir, `${name}.owner`)), "a live owner's record is kept")
+  assert.ok(fs.existsSync(path.join(state, `${name}.owner`)), "a live owner's record is kept")
 
   // The pid is alive, but the process is not the one that wrote the record.
-  fs.writeFileSync(path.join(dir, `${name}.owner`), record(start + 1), { mode: 0o600 })
+  fs.writeFileSync(path.join(state, `${name}.owner`), record(start + 1), { mode: 0o600 })
   ;({ byId } = await runProbe(tb, ops, { tmp }))
   const c = byId.get('c').call
   assert.equal(c.ok, true, JSON.stringify(c))
@@ -250,7 +268,8 @@ test('pid reuse: a record whose pid now belongs to another process (other start 
 
 test('the sweep: an old key file with no owner is shredded; a dead owner\'s record without an interface, and an unreadable record, are dropped', async (t) => {
   const tmp = tmpdir(t)
-  const dir = makeConfigDir(tmp)
+  const dir = makeStateDir() // key files live in the namespace's state dir, with the records
+  const state = dir
   const orphan = `${tb.prefix}k` // key file, no record, a minute old
   const young = `${tb.prefix}y` // key file, no record, just written (its writer may be at work)
   const dead = `${tb.prefix}d` // record of a dead owner, no interface
@@ -258,26 +277,34 @@ test('the sweep: an old key file with no owner is shredded; a dead owner\'s reco
   const key = '[Interface]\nPrivateKey = ' + tb.clients[0].privateKey + '\n'
   const orphanConf = path.join(dir, `${orphan}.conf`)
   fs.writeFileSync(orphanConf, key, { mode: 0o600 })
-  const witness = path.join(tmp, 'witness') // a hard link shows what happened to the bytes
-  fs.linkSync(orphanConf, witness)
+  // An open descriptor shows what happened to the bytes (a hard link would make the file one
+  // the addon must not write: it only zero-fills a file of ours with a single link).
+  const witness = fs.openSync(orphanConf, 'r')
+  t.after(() => fs.closeSync(witness))
   const minuteAgo = new Date(Date.now() - 60_000)
   fs.utimesSync(orphanConf, minuteAgo, minuteAgo)
   fs.writeFileSync(path.join(dir, `${young}.conf`), key, { mode: 0o600 })
   const deadPid = spawnSync('true').pid
   fs.writeFileSync(path.join(dir, `${dead}.conf`), key, { mode: 0o600 })
-  fs.writeFileSync(path.join(dir, `${dead}.owner`), renderRecord({
+  fs.writeFileSync(path.join(state, `${dead}.owner`), renderRecord({
     name: dead, pid: deadPid, startTime: 1, netns: cliNetns, confPath: path.join(dir, `${dead}.conf`),
   }), { mode: 0o600 })
 
-  fs.writeFileSync(path.join(dir, `${cut}.owner`), '', { mode: 0o600 })
-  fs.utimesSync(path.join(dir, `${cut}.owner`), minuteAgo, minuteAgo)
+  fs.writeFileSync(path.join(state, `${cut}.owner`), '', { mode: 0o600 })
+  fs.utimesSync(path.join(state, `${cut}.owner`), minuteAgo, minuteAgo)
 
   const { byId } = await runProbe(tb, [{ id: 'e', op: 'emergency', n: 1 }], { tmp })
-  assert.deepEqual(byId.get('e').values, ['undefined'])
-  const left = fs.readdirSync(dir).sort()
+  const [e] = byId.get('e').values
+  assert.deepEqual(e.warnings, [], JSON.stringify(e))
+  // The dead owner's tunnel had no interface: its report says so, and nothing else was removed.
+  assert.deepEqual(e.removed.map((r) => [r.name, r.existed, r.gone]), [[dead, false, true]], JSON.stringify(e))
+  const ours = [orphan, young, dead, cut]
+  const left = fs.readdirSync(dir).filter((f) => ours.some((n) => f.startsWith(`${n}.`)) && !f.endsWith('.lock')).sort()
   assert.deepEqual(left, [`${young}.conf`], `left: ${left}`)
-  const bytes = fs.readFileSync(witness)
-  assert.equal(bytes.length, Buffer.byteLength(key))
+  for (const n of [dead, cut]) assert.deepEqual(stateFiles(tb, n), [], `the record of ${n} is still in ${state}`)
+  assert.equal(fs.fstatSync(witness).nlink, 0, 'the orphan key file was not deleted')
+  const bytes = Buffer.alloc(Buffer.byteLength(key) + 16)
+  assert.equal(fs.readSync(witness, bytes, 0, bytes.length, 0), Buffer.byteLength(key))
   assert.ok(bytes.every((b) => b === 0), 'the orphan key file was not zero-filled before deletion')
   t.diagnostic(`swept: ${orphan}.conf (zero-filled), ${dead}.owner + ${dead}.conf, the empty ${cut}.owner; kept the fresh ${young}.conf`)
 })

@@ -8,7 +8,7 @@ const fs = require('node:fs')
 const path = require('node:path')
 
 const testbed = require('../testbed')
-const { tmpdir, startAgent, linkExists, assertClean } = require('./helpers.js')
+const { tmpdir, startAgent, linkExists, assertClean, ifindex } = require('./helpers.js')
 const { runProbe } = require('./fixtures/probe-run.js')
 
 let tb
@@ -64,11 +64,25 @@ async function nftTables() {
 test('with its config present: wg-quick down <conf> removes it, then the config is shredded', async (t) => {
   const tmp = tmpdir(t)
   const name = `${tb.prefix}c`
-  const { agent, info } = await connectedAgent(t, tb.tunnelConfig(0, { name }), tmp)
+  // No watchdog: it would remove the tunnel of the SIGKILLed owner before the teardown below.
+  const { agent, info } = await connectedAgent(t, tb.tunnelConfig(0, { name }), tmp, { BLUE_WG_NO_WATCHDOG: '1' })
   assert.equal(info.fullTunnel, false)
   assert.ok(fs.existsSync(info.configPath), 'no config file after connect')
   assert.equal(await linkExists(tb, name), true)
+  const index = await ifindex(tb, name)
 
+  // While its owner lives, another process's teardown leaves the tunnel alone.
+  const refused = await teardownFromNewProcess([name, info.configPath], tmp)
+  t.diagnostic(JSON.stringify(refused))
+  assert.equal(refused.gone, false, JSON.stringify(refused))
+  assert.match(refused.steps[0].detail, new RegExp(`live process ${agent.child.pid}\\b`))
+  assert.equal(await ifindex(tb, name), index, "a live owner's tunnel was replaced or removed")
+  assert.ok(fs.existsSync(info.configPath), "a live owner's config was removed")
+
+  // Its owner is gone (SIGKILL: no exit hook): now the teardown takes it down.
+  agent.child.kill('SIGKILL')
+  assert.equal((await agent.exited).signal, 'SIGKILL')
+  assert.equal(await linkExists(tb, name), true, 'a SIGKILLed owner should leave the interface (wireguard-go)')
   const report = await teardownFromNewProcess([name, info.configPath], tmp)
   t.diagnostic(JSON.stringify(report))
   assert.equal(report.name, name)
@@ -82,11 +96,6 @@ test('with its config present: wg-quick down <conf> removes it, then the config 
   assert.equal(report.configPath, info.configPath)
   assert.equal(fs.existsSync(info.configPath), false, 'config file still there')
   assert.equal(await linkExists(tb, name), false, 'interface still there')
-
-  // The owner still runs; its exit hook finds nothing left to do and it dies of SIGTERM.
-  agent.child.kill('SIGTERM')
-  const exit = await agent.exited
-  assert.equal(exit.status, 143, JSON.stringify(exit))
   await assertClean(tb, name, tmp)
 })
 
@@ -202,7 +211,7 @@ test('a name that does not exist, an invalid name, wrong arguments: a report or 
   assert.deepEqual(fs.readdirSync(tmp).sort(), ['someone-else.conf', 'stray2.conf'])
 })
 
-test('emergencyCleanupSync() with nothing to clean: undefined, < 2 ms, no subprocess', async (t) => {
+test('emergencyCleanupSync() with nothing to clean: nothing removed, no warning, < 2 ms, no subprocess', async (t) => {
   const tmp = tmpdir(t)
   // Logging shims ahead of the real tools in PATH (the addon searches PATH first): any
   // subprocess the addon starts is recorded in spawn.log.
@@ -221,20 +230,23 @@ test('emergencyCleanupSync() with nothing to clean: undefined, < 2 ms, no subpro
   }
   const log = path.join(tmp, 'spawn.log')
   const env = { BW_PROBE_PATH: `${shims}:${process.env.PATH}`, BW_SPAWN_LOG: log }
-  // A veth pair in the cli ns (not a tunnel): the positive control that the shims see spawns.
+  // A userspace WireGuard interface in the cli ns that no process owns (no ownership record):
+  // emergencyCleanupSync leaves it alone, and a teardown of it is the positive control that the
+  // shims see spawns. (A veth cannot serve: a teardown refuses it without running anything.)
   const control = `${tb.prefix}t0`
-  const add = await tb.execCli('ip', ['link', 'add', control, 'type', 'veth', 'peer', 'name', `${tb.prefix}t1`])
+  const add = await tb.execCli('wireguard-go', [control])
   assert.equal(add.code, 0, add.stderr)
   t.after(() => tb.execCli('ip', ['link', 'delete', control]))
 
   const confDir = path.join(tmp, 'sentinel-wg')
   const { byId } = await runProbe(tb, [{ id: 'e', op: 'emergency', n: 50 }], { tmp, env })
   const e = byId.get('e')
-  assert.deepEqual([...new Set(e.values)], ['undefined'], `returned ${JSON.stringify(e.values)}`)
+  for (const v of e.values) assert.deepEqual(v, { removed: [], warnings: [] }, `returned ${JSON.stringify(v)}`)
   t.diagnostic(`median ${(e.medianNs / 1e3).toFixed(1)} µs, max ${(Math.max(...e.nsEach) / 1e3).toFixed(1)} µs over 50 calls`)
   assert.ok(e.medianNs < 2e6, `median ${e.medianNs} ns`)
   assert.equal(fs.existsSync(log) ? fs.readFileSync(log, 'utf8') : '', '', 'emergencyCleanupSync started a subprocess')
   assert.equal(fs.existsSync(confDir), false, 'emergencyCleanupSync created the config dir')
+  assert.equal(await linkExists(tb, control), true, 'emergencyCleanupSync removed an interface it has no record of')
 
   // Positive control, same setup: a teardown that must spawn `ip` is seen by the shims.
   const control2 = await runProbe(tb, [{ id: 'control', op: 'teardown', args: [control] }], { tmp, env })
@@ -247,7 +259,9 @@ test('teardownLinuxInterface(A, <config of B>) does not take down tunnel B', asy
   const tmp = tmpdir(t)
   const A = `${tb.prefix}a`
   const B = `${tb.prefix}b`
-  const a = await connectedAgent(t, tb.tunnelConfig(0, { name: A }), tmp)
+  // A's owner is SIGKILLed below (with no watchdog, its tunnel stays): a teardown from another
+  // process may only remove the tunnel of a dead owner.
+  const a = await connectedAgent(t, tb.tunnelConfig(0, { name: A }), tmp, { BLUE_WG_NO_WATCHDOG: '1' })
   // Client 1, routing only the node's address (A already routes 198.18.0.10/32).
   const b = startAgent(tb, { config: tb.tunnelConfig(1, { name: B, allowedIps: ['10.8.0.1/32'] }), then: 'wait' }, { tmp })
   t.after(async () => {
@@ -258,11 +272,13 @@ test('teardownLinuxInterface(A, <config of B>) does not take down tunnel B', asy
     await tb.execCli('ip', ['link', 'delete', B])
   })
   const bInfo = (await b.next('connected', 30_000)).info
+  const indexB = await ifindex(tb, B)
+  a.agent.child.kill('SIGKILL')
+  await a.agent.exited
+  assert.equal(await linkExists(tb, A), true)
   const report = await teardownFromNewProcess([A, bInfo.configPath], tmp)
   t.diagnostic(JSON.stringify(report))
   assert.equal(await linkExists(tb, A), false, 'A still exists')
-  assert.equal(await linkExists(tb, B), true, 'B was taken down by a teardown of A')
+  assert.equal(await ifindex(tb, B), indexB, 'B was taken down (or replaced) by a teardown of A')
   assert.equal(fs.existsSync(bInfo.configPath), true, "B's config was shredded by a teardown of A")
-  a.agent.child.kill('SIGTERM')
-  await a.agent.exited
 })

@@ -3,8 +3,9 @@
 const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
+const path = require('node:path')
 const testbed = require('../testbed')
-const { tmpdir, startAgent, runAgent, assertClean, resolvConfPath, linkExists } = require('./helpers')
+const { tmpdir, startAgent, runAgent, assertClean, resolvConfPath, linkExists, stateDir } = require('./helpers')
 
 const FULL = ['0.0.0.0/0', '::/0']
 let tb
@@ -55,15 +56,16 @@ test('full tunnel: traffic and DNS go through the tunnel, disconnect leaves noth
   assert.deepEqual([resolved.ok, resolved.address], [true, tb.dnsAnswer])
 
   await a.next('waiting')
-  // While it is up: the key file is private (embedded: there is none), DNS points into the
-  // tunnel, the policy rules exist.
+  // While it is up: the key file is private (0600, in the namespace's 0700 state dir; the
+  // embedded backend writes none), DNS points into the tunnel, the policy rules exist.
   if (embedded) {
     assert.equal(info.configPath, undefined)
-    assert.equal(fs.existsSync(`${tmp}/sentinel-wg`), false, 'the embedded backend wrote no key file')
+    assert.deepEqual(fs.readdirSync(stateDir(tb)).filter((f) => f.endsWith('.conf')), [], 'the embedded backend wrote no key file')
   } else {
     const conf = fs.statSync(info.configPath)
     assert.equal(conf.mode & 0o777, 0o600)
-    assert.equal(fs.statSync(`${tmp}/sentinel-wg`).mode & 0o777, 0o700)
+    assert.equal(path.dirname(info.configPath), stateDir(tb))
+    assert.equal(fs.statSync(stateDir(tb)).mode & 0o777, 0o700)
     assert.doesNotMatch(fs.readFileSync(info.configPath, 'utf8'), /DNS|PostUp|PreUp/)
   }
   assert.match(fs.readFileSync(resolvConfPath(tb), 'utf8'), /^nameserver 10\.8\.0\.1$/m)

@@ -3,7 +3,6 @@
 // addon, so the SDK can swap its module for ours with one line:
 //   export * from 'blue-wireguard/compat'
 // See ../../shared/docs/SDK-CONTRACT.md (in the project) for the behaviour each export keeps.
-const fs = require('node:fs')
 const path = require('node:path')
 
 let wg = null
@@ -41,34 +40,6 @@ function nameOf(confPath) {
   return path.basename(String(confPath)).replace(/\.conf$/, '')
 }
 
-/** Zero-fill, sync and delete a file; a missing file or a link is only unlinked. The bytes
- *  are only overwritten when the opened file is a regular file of ours with one link: a file
- *  swapped in by another user (or a hard link to someone else's file) is never written. */
-function shredSync(file) {
-  let fd
-  try {
-    const st = fs.lstatSync(file)
-    if (st.isFile()) {
-      fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK)
-      const opened = fs.fstatSync(fd)
-      const ours = typeof process.geteuid !== 'function' || opened.uid === process.geteuid()
-      if (opened.isFile() && ours && opened.nlink === 1) {
-        fs.writeSync(fd, Buffer.alloc(opened.size))
-        fs.fsyncSync(fd)
-      }
-    }
-  } catch {
-    // best effort: the unlink below is what matters
-  } finally {
-    if (fd !== undefined) fs.closeSync(fd)
-  }
-  try {
-    fs.unlinkSync(file)
-  } catch {
-    // already gone
-  }
-}
-
 /**
  * Bring a tunnel up from a config file the SDK wrote. Removes a leftover tunnel of the same
  * name first, refuses any key outside those the SDK writes (PostUp & co.) before anything
@@ -102,7 +73,13 @@ async function uninstallWgTunnel(name) {
     return
   }
   if (active && active.name === target) {
-    if (fs.existsSync(active.confPath)) shredSync(active.confPath)
+    // Zero-filled and deleted by the addon, and only when trusted: a file (or a directory
+    // above it) another user could have swapped is never written.
+    try {
+      wg.shredConfigFile(active.confPath)
+    } catch {
+      // never reject from here
+    }
     active = null
   }
 }

@@ -115,6 +115,22 @@ pub fn run<S: AsRef<OsStr>>(
     run_local(program, args, input, timeout)
 }
 
+/// An anonymous in-memory file (`memfd_create`): needs no directory, so commands still run
+/// when `TMPDIR` was removed under a live tunnel.
+fn anon_file() -> Result<std::fs::File, String> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a NUL-terminated name; the flags are valid for memfd_create.
+    let fd = unsafe { libc::memfd_create(c"blue-wireguard-cmd".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!(
+            "cannot create an in-memory file: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: fd is a new descriptor that nothing else owns.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
 /// Run `program args` in this process and wait at most `timeout`. On timeout the whole
 /// process group is killed and an error is returned. `input`, when given, is the child's
 /// stdin.
@@ -125,13 +141,12 @@ pub fn run_local<S: AsRef<OsStr>>(
     timeout: Duration,
 ) -> Result<Output, String> {
     let start = Instant::now();
-    let out = tempfile::tempfile().map_err(|e| format!("cannot create a temp file: {e}"))?;
-    let err = tempfile::tempfile().map_err(|e| format!("cannot create a temp file: {e}"))?;
+    let out = anon_file()?;
+    let err = anon_file()?;
     let stdin = match input {
         None => Stdio::null(),
         Some(bytes) => {
-            let mut f =
-                tempfile::tempfile().map_err(|e| format!("cannot create a temp file: {e}"))?;
+            let mut f = anon_file()?;
             f.write_all(bytes)
                 .and_then(|_| f.seek(SeekFrom::Start(0)).map(|_| ()))
                 .map_err(|e| format!("cannot write stdin file: {e}"))?;

@@ -55,8 +55,11 @@
 //! Writing resolv.conf: a regular file (it may be a bind mount from `ip netns exec`, which a
 //! rename cannot replace) is written in place: opened without `O_TRUNC`, one `pwrite` of the
 //! whole body at offset 0, `ftruncate` to its length, `fsync`; the mode is kept. It is never
-//! empty in between. A symlink (dangling or not) is never written through: a temp file in the
-//! same directory is renamed over the link. An absent file is created the same way (0644).
+//! empty in between. A symlink to an existing regular file is followed (`effective`: that file
+//! is what resolvers read, and where `ip netns exec` bind-mounts the namespace's own file, so
+//! replacing the link would change the host's shared `/etc`). A dangling symlink is never
+//! written through: a temp file in the same directory is renamed over the link, and the link
+//! is put back exactly on restore. An absent file is created the same way (0644).
 //!
 //! # restore (resolv.conf)
 //!
@@ -167,8 +170,38 @@ pub fn resolv_conf_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/etc/resolv.conf"))
 }
 
-/// Which method this host uses.
+/// The file to read and write for `path`: a symbolic link to an existing regular file is
+/// followed, because the file it names is what resolvers read, and under `ip netns exec` it is
+/// where the namespace's own resolv.conf is bind-mounted (replacing the link would change the
+/// host's `/etc`, shared by every namespace). A dangling link, or no file, is handled at
+/// `path` itself (replaced, and put back exactly).
+fn effective(path: &Path) -> PathBuf {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => match fs::canonicalize(path) {
+            Ok(t) if fs::metadata(&t).is_ok_and(|m| m.is_file()) => t,
+            _ => path.to_path_buf(),
+        },
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Which method this host uses. `BLUE_WG_DNS_METHOD` (`systemd-resolved`, `resolvconf` or
+/// `resolv.conf`) forces one. The per-interface tools act on the *host's* resolver state
+/// (resolved's links by index, `/run/resolvconf` by name), so outside the network namespace of
+/// PID 1 only the `resolv.conf` this process sees is changed.
 pub fn detect() -> DnsMethod {
+    if let Some(m) = std::env::var("BLUE_WG_DNS_METHOD")
+        .ok()
+        .and_then(|v| DnsMethod::parse(v.trim()))
+    {
+        return m;
+    }
+    let host_ns = fs::metadata("/proc/1/ns/net")
+        .map(|m| m.ino() == crate::state::netns().inode)
+        .unwrap_or(true);
+    if !host_ns {
+        return DnsMethod::File;
+    }
     let current = read_following(&resolv_conf_path()).unwrap_or_default();
     let stub = current.split(|&b| b == b'\n').any(|l| {
         String::from_utf8_lossy(l)
@@ -187,7 +220,7 @@ pub fn detect() -> DnsMethod {
 /// Apply `servers` for tunnel `name` of network namespace `netns` (an opaque u64 id); state in
 /// `dir`. On failure everything done so far is undone.
 pub fn apply(dir: &Path, netns: u64, name: &str, servers: &[IpAddr]) -> Result<DnsMethod> {
-    let resolv = resolv_conf_path();
+    let resolv = effective(&resolv_conf_path());
     apply_with(&At::new(dir, &resolv, netns), detect(), name, servers)
 }
 
@@ -197,14 +230,14 @@ pub fn apply(dir: &Path, netns: u64, name: &str, servers: &[IpAddr]) -> Result<D
 /// true when something was undone; false when there was nothing, or when resolv.conf had been
 /// rewritten by someone else since (then it is left alone and only our state is dropped).
 pub fn restore(dir: &Path, netns: u64, name: &str, is_live: &dyn Fn(&str) -> bool) -> bool {
-    let resolv = resolv_conf_path();
+    let resolv = effective(&resolv_conf_path());
     restore_at(&At::new(dir, &resolv, netns), name, is_live)
 }
 
 /// True when `name` has DNS state to undo (an entry in `dir`, or resolv.conf is our rewrite
 /// naming (netns, name)).
 pub fn pending(dir: &Path, netns: u64, name: &str) -> bool {
-    let resolv = resolv_conf_path();
+    let resolv = effective(&resolv_conf_path());
     pending_at(&At::new(dir, &resolv, netns), name)
 }
 
@@ -286,11 +319,22 @@ fn apply_file(at: &At, name: &str, entry: &Entry, entries: &[(String, Entry)]) -
     let saved = read_saved(at.dir);
     let ours = recognise(&cur, at.netns, saved.as_ref());
     let stacked = entries.iter().any(|(_, e)| e.method == DnsMethod::File);
+    // A trusted rewrite by another namespace that shares this resolv.conf: its own original
+    // is the real one (saving its tunnel DNS as ours would leave that DNS behind for good once
+    // both are gone).
+    let foreign = match &cur {
+        Current::File {
+            bytes,
+            trusted: true,
+            ..
+        } => parse_rewrite(bytes).filter(|r| r.netns != at.netns),
+        _ => None,
+    };
     let original = match (ours, &saved) {
         // A crashed run's (or a live tunnel's) rewrite: never save tunnel DNS as the original.
         (Some(r), _) => r.original,
         (None, Some(s)) if stacked && cur.looks_cut(at.netns) => s.clone(),
-        _ => as_found,
+        _ => foreign.map(|r| r.original).unwrap_or(as_found),
     };
     if matches!(&original, Original::File { bytes, .. } if bytes.len() > MAX_ORIGINAL) {
         return Err(WgError::setup(
@@ -337,8 +381,13 @@ fn restore_at(at: &At, name: &str, is_live: &dyn Fn(&str) -> bool) -> bool {
     // The cheap way out (no lock, no write): no entry, and resolv.conf does not even claim to
     // be ours for `name`.
     if !entry.is_some_and(|e| e.method == DnsMethod::File) {
+        // ...unless a kill inside `apply` left its temp entry (and maybe an original no
+        // tunnel uses): those are dropped under the lock.
+        let cut_apply =
+            fs::symlink_metadata(at.dir.join(format!(".{}.tmp", entry_file(name)))).is_ok();
         match read_current(at.resolv) {
             Ok(cur) if cur.header() == Some((at.netns, name)) => {}
+            _ if cut_apply => {}
             _ => return undone,
         }
     }
@@ -359,6 +408,17 @@ fn restore_file(at: &At, name: &str, is_live: &dyn Fn(&str) -> bool) -> bool {
     let saved = read_saved(at.dir);
     let ours = recognise(&cur, at.netns, saved.as_ref());
     if !had_entry && ours.as_ref().is_none_or(|r| r.tunnel != name) {
+        // Nothing of ours in resolv.conf for `name`. An owner killed inside `apply` (after
+        // saving the original, before its entry was renamed into place) can still have left
+        // a temp entry, and an original no tunnel uses any more: drop both.
+        remove_entry(at.dir, name);
+        let any_file_entry = load_entries(at.dir)
+            .iter()
+            .any(|(_, e)| e.method == DnsMethod::File);
+        if ours.is_none() && !any_file_entry {
+            remove_state(at.dir, ORIG_FILE);
+            remove_state(at.dir, &format!(".{ORIG_FILE}.tmp"));
+        }
         return false;
     }
     let mut dropped = vec![name.to_string()];
@@ -1008,6 +1068,8 @@ fn remove_state(dir: &Path, file: &str) {
 
 fn remove_entry(dir: &Path, name: &str) {
     remove_state(dir, &entry_file(name));
+    // A write of the entry cut short before its rename.
+    remove_state(dir, &format!(".{}.tmp", entry_file(name)));
 }
 
 #[cfg(test)]
@@ -1445,18 +1507,17 @@ mod tests {
         assert!(!pending_at(&e.at(), "a"));
         assert!(!e.restore("a", &[]));
         assert_eq!(e.current(), theirs);
-        // Ours on top of theirs: theirs is our original.
+        // Ours on top of theirs (a resolv.conf both namespaces share): their original is
+        // ours too, so their tunnel DNS is never saved as an original.
         e.apply("a", &["10.8.0.1"]);
         e.assert_shows("a", &["10.8.0.1"]);
         // Their restore finds our rewrite: left alone, their state dropped.
         assert!(!restore_at(&other, "a", &|_| false));
         e.assert_shows("a", &["10.8.0.1"]);
+        // Ours, last down, brings back the file as it was before either tunnel.
         assert!(e.restore("a", &[]));
-        assert_eq!(e.current(), theirs);
-        // Their rewrite came back: its embedded original still restores it.
-        assert!(pending_at(&other, "a"));
-        assert!(restore_at(&other, "a", &|_| false));
         assert_eq!(e.current(), before);
+        assert!(!pending_at(&other, "a"));
     }
 
     #[test]
@@ -1588,5 +1649,41 @@ mod tests {
         assert!(apply_with(&e.at(), DnsMethod::File, "a", &ips(&["10.8.0.1"])).is_err());
         assert_eq!(fs::read(&e.resolv).unwrap(), big);
         assert_eq!(e.state(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_link_to_an_existing_file_is_followed_a_dangling_one_is_not() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("real");
+        fs::write(&target, b"nameserver 192.0.2.1\n").unwrap();
+        let link = d.path().join("resolv.conf");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert_eq!(effective(&link), fs::canonicalize(&target).unwrap());
+        fs::remove_file(&target).unwrap();
+        assert_eq!(effective(&link), link);
+        let plain = d.path().join("plain");
+        assert_eq!(effective(&plain), plain);
+    }
+
+    #[test]
+    fn a_kill_inside_apply_leaves_nothing_after_restore() {
+        let e = env();
+        e.write(b"nameserver 192.0.2.53\n", 0o644);
+        // As if killed after saving the original, inside the entry's write.
+        let orig = Original::File {
+            bytes: b"nameserver 192.0.2.53\n".to_vec(),
+            mode: 0o644,
+        };
+        write_state(&e.dir, ORIG_FILE, &orig.encode()).unwrap();
+        fs::write(e.dir.join(".a.dns.tmp"), b"method resolv.conf\n").unwrap();
+        assert!(!e.restore("a", &[]));
+        let left: Vec<_> = fs::read_dir(&e.dir)
+            .unwrap()
+            .filter_map(|d| d.ok())
+            .map(|d| d.file_name().into_string().unwrap())
+            .filter(|f| f != "lock")
+            .collect();
+        assert!(left.is_empty(), "left: {left:?}");
+        assert_eq!(fs::read(&e.resolv).unwrap(), b"nameserver 192.0.2.53\n");
     }
 }

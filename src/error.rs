@@ -65,8 +65,9 @@ impl fmt::Display for WgError {
             WgError::InvalidOptions { field, reason } => write!(f, "invalid {field}: {reason}"),
             WgError::ConfigDirUnsafe { path, reason } => write!(
                 f,
-                "refusing to write a key into {path}: {reason}; remove it (rm -rf {path}) or \
-                 point TMPDIR at a private directory, then retry"
+                "{path} cannot be trusted: {reason}; nothing in it was read or written. Another \
+                 local user may have prepared it: remove it (rm -rf {path}) or point TMPDIR \
+                 (or BLUE_WG_STATE_DIR) at a private directory, then retry"
             ),
             WgError::PermissionDenied(m) => write!(f, "{m}"),
             WgError::NotAvailable(m) => write!(f, "{m}"),

@@ -336,10 +336,14 @@ impl Task for ConnectTask {
 
 impl ConnectTask {
     fn connect(&mut self) -> Result<std::result::Result<tunnel::TunnelInfo, WgError>> {
+        let mut source = None;
         let raw = match std::mem::replace(&mut self.raw, Err(WgError::invalid("config", "used"))) {
             Ok(Source::Config(r)) => *r,
             Ok(Source::File(path)) => match tunnel::read_config_file(&path) {
-                Ok(r) => r,
+                Ok(r) => {
+                    source = Some(path);
+                    r
+                }
                 Err(e) => return Ok(Err(e)),
             },
             Err(e) => return Ok(Err(e)),
@@ -376,7 +380,7 @@ impl ConnectTask {
             backend: self.backend.take(),
             runtime,
         };
-        let result = tunnel::connect(raw, self.env_id, opts, &report);
+        let result = tunnel::connect(raw, source.as_deref(), self.env_id, opts, &report);
         let (lock, cv) = &*delivered;
         let count = lock.lock().unwrap_or_else(|p| p.into_inner());
         let _ = cv.wait_timeout_while(count, PROGRESS_FLUSH_BOUND, |n| *n < emitted.get());
@@ -680,6 +684,18 @@ pub fn prepare_config_dir(env: Env) -> Result<String> {
     confdir::ensure_private_dir()
         .map(|p| p.to_string_lossy().into_owned())
         .map_err(|e| js_error(&env, &e))
+}
+
+/// Zero-fill, sync and delete a config file, but only a trusted one: a regular file of ours,
+/// not writable by others, with one link, reached through directories only root and we can
+/// change and no symbolic link. Returns true when it was removed. Synchronous, never throws
+/// (what `blue-wireguard/compat`'s `uninstallWgTunnel` uses for the SDK's file).
+#[napi(ts_args_type = "confPath: string")]
+pub fn shred_config_file(conf_path: Unknown) -> bool {
+    match string_arg(Some(&conf_path), "confPath") {
+        Ok(Some(p)) => crate::trust::shred_trusted(std::path::Path::new(&p)),
+        _ => false,
+    }
 }
 
 /// The private config directory: `<os temp dir>/sentinel-wg` (honours `TMPDIR`).

@@ -122,19 +122,42 @@ pub fn is_wireguard(name: &str) -> bool {
     }
 }
 
-/// wireguard-go's (and other UAPI implementations') control socket for `name`: a socket in
-/// `/var/run/wireguard` owned by root or us, in a directory only root and we can change, so
-/// no other user can make a TUN device of theirs pass for WireGuard.
+/// wireguard-go's (and other UAPI implementations') control socket for `name`, served from
+/// *this* network namespace: a socket in `/run/wireguard` (a directory only root and we can
+/// change) owned by root or us, and listening in this namespace. `/run/wireguard` is shared by
+/// every namespace, so a socket of that name served elsewhere says nothing about the
+/// interface here; `/proc/thread-self/net/unix` lists only this namespace's sockets. (Not
+/// `SO_PEERCRED`: it names the process that called `listen`, and wireguard-go listens before
+/// it re-executes itself as a daemon, so that pid is gone.)
 pub fn userspace_socket(name: &str) -> bool {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let Ok((dir, _)) = crate::trust::open_dir_chain(std::path::Path::new("/run/wireguard")) else {
         return false;
     };
     drop(dir);
-    match std::fs::symlink_metadata(format!("/run/wireguard/{name}.sock")) {
-        Ok(m) => m.file_type().is_socket() && (m.uid() == 0 || m.uid() == crate::trust::euid()),
-        Err(_) => false,
+    let path = format!("/run/wireguard/{name}.sock");
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.file_type().is_socket() && (m.uid() == 0 || m.uid() == crate::trust::euid()) => {
+        }
+        _ => return false,
     }
+    let table = std::fs::read_to_string("/proc/thread-self/net/unix")
+        .or_else(|_| std::fs::read_to_string("/proc/self/net/unix"))
+        .unwrap_or_default();
+    listening_here(&table, name)
+}
+
+/// Does `/proc/net/unix` text list a listening socket bound at wireguard-go's path for `name`?
+fn listening_here(table: &str, name: &str) -> bool {
+    let paths = [
+        format!("/var/run/wireguard/{name}.sock"),
+        format!("/run/wireguard/{name}.sock"),
+    ];
+    // Num RefCount Protocol Flags Type St Inode Path; a listening socket has Flags 00010000.
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 8 && f[3] == "00010000" && paths.iter().any(|p| f[7] == p)
+    })
 }
 
 /// False when IPv6 is disabled (or absent) in this network namespace; then a tunnel must
@@ -149,6 +172,20 @@ pub fn ipv6_enabled() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wireguard_go_socket_counts_only_when_listening_in_this_namespace() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+                     0000000000000000: 00000002 00000000 00010000 0001 01 26411 /var/run/wireguard/wg0.sock\n\
+                     0000000000000000: 00000003 00000000 00000000 0001 03 26412 /var/run/wireguard/wg1.sock\n";
+        assert!(listening_here(table, "wg0"));
+        assert!(
+            !listening_here(table, "wg1"),
+            "a connected socket, not the listener"
+        );
+        assert!(!listening_here(table, "wg2"));
+        assert!(!listening_here(table, "wg"));
+    }
 
     #[test]
     fn loopback_is_seen_and_a_missing_name_is_not() {

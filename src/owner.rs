@@ -39,6 +39,8 @@ pub struct Record {
     /// The full tunnel's routing table and fwmark, for backends that route it themselves
     /// (their rules are removed by exact match from it). None: none of ours.
     pub table: Option<u32>,
+    /// The caller's own config file (`connectConfigFile`), removed with a dead owner's tunnel.
+    pub source: Option<PathBuf>,
 }
 
 /// Who owns a tunnel name.
@@ -119,6 +121,7 @@ impl Record {
             watchdog_pid: None,
             created_unix_ms: now_ms(),
             table: None,
+            source: None,
         }
     }
 
@@ -139,12 +142,13 @@ impl Record {
             watchdog_pid: None,
             created_unix_ms: 0,
             table: None,
+            source: None,
         }
     }
 
     fn render(&self) -> String {
         format!(
-            "name={}\npid={}\nstart_time={}\nnetns={}\nnetns_cookie={}\nconf_path={}\nbackend={}\nfull_tunnel={}\ndns={}\nwatchdog_pid={}\ncreated_unix_ms={}\ntable={}\n",
+            "name={}\npid={}\nstart_time={}\nnetns={}\nnetns_cookie={}\nconf_path={}\nbackend={}\nfull_tunnel={}\ndns={}\nwatchdog_pid={}\ncreated_unix_ms={}\ntable={}\nsource={}\n",
             self.name,
             self.pid,
             self.start_time,
@@ -156,7 +160,13 @@ impl Record {
             self.dns.join(","),
             self.watchdog_pid.map(|p| p.to_string()).unwrap_or_default(),
             self.created_unix_ms,
-            self.table.map(|t| t.to_string()).unwrap_or_default()
+            self.table.map(|t| t.to_string()).unwrap_or_default(),
+            // A path with a line break could forge lines: such a source is not recorded.
+            self.source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .filter(|p| !p.contains(['\n', '\r']))
+                .unwrap_or_default()
         )
     }
 
@@ -189,6 +199,7 @@ impl Record {
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(0),
             table: get("table").and_then(|t| t.parse().ok()),
+            source: get("source").filter(|p| !p.is_empty()).map(PathBuf::from),
         })
     }
 

@@ -40,6 +40,8 @@ pub struct Active {
     pub lock: Arc<NameLock>,
     /// The backend's handle, once `up` returned it (None while it runs).
     pub tunnel: Option<Arc<dyn Tunnel>>,
+    /// The namespace-wide claim on the name (`state::NsClaim`), held likewise.
+    pub ns_claim: Option<Arc<crate::state::NsClaim>>,
 }
 
 static ACTIVE: Mutex<Vec<Active>> = Mutex::new(Vec::new());
@@ -205,11 +207,16 @@ pub fn is_live(dir: &StateDir, name: &str) -> bool {
 pub fn cleanup_locked(dir: &StateDir, name: &str, conf: Option<&Path>) -> TeardownReport {
     let active = get(name);
     let record = owner::read(dir, name);
+    // The key file we wrote for this tunnel (in the state directory), whatever file the
+    // caller names for step 1 of the teardown.
+    let own_conf = active
+        .as_ref()
+        .map(|a| a.conf_path.clone())
+        .or_else(|| record.as_ref().map(|r| r.conf_path.clone()))
+        .unwrap_or_else(|| dir.file(&format!("{name}.conf")));
     let conf = conf
         .map(Path::to_path_buf)
-        .or_else(|| active.as_ref().map(|a| a.conf_path.clone()))
-        .or_else(|| record.as_ref().map(|r| r.conf_path.clone()))
-        .unwrap_or_else(|| confdir::conf_path(name));
+        .unwrap_or_else(|| own_conf.clone());
     let full_tunnel = record.as_ref().is_some_and(|r| r.full_tunnel)
         || active.as_ref().is_some_and(|a| a.full_tunnel);
     let backend_name: String = active
@@ -244,6 +251,12 @@ pub fn cleanup_locked(dir: &StateDir, name: &str, conf: Option<&Path>) -> Teardo
         r
     });
     if report.gone {
+        if own_conf != conf && own_conf.starts_with(&dir.path) && confdir::shred(&own_conf) {
+            report.steps.push(teardown::StepReport::note(
+                "key-file",
+                &format!("removed the tunnel's own key file {}", own_conf.display()),
+            ));
+        }
         if !matches!(owner::owner_of(dir, name), Owner::Alive(_)) {
             owner::remove(dir, name);
         }
@@ -266,7 +279,9 @@ pub fn cleanup_locked(dir: &StateDir, name: &str, conf: Option<&Path>) -> Teardo
 /// refused; any other interface gets the three teardown steps (which refuse anything that is
 /// not WireGuard). Never fails.
 pub fn teardown_named(name: &str, conf: Option<&Path>) -> TeardownReport {
-    let _g = lock();
+    // Synchronous on the caller's event loop: a connect of this process in flight is waited
+    // for only a bounded time.
+    let _g = lock_for_exit();
     // This process's own tunnel goes through its handle even without a state directory.
     let own_stop = || get(name).and_then(|a| a.tunnel).map(|t| t.stop());
     let dir = match StateDir::existing() {
@@ -285,6 +300,12 @@ pub fn teardown_named(name: &str, conf: Option<&Path>) -> TeardownReport {
     };
     if get(name).is_some() {
         return cleanup_locked(&dir, name, conf);
+    }
+    if let Some(pid) = claimed_elsewhere(name) {
+        return TeardownReport::refused(
+            name,
+            &format!("{name} belongs to live process {pid}; it was left alone"),
+        );
     }
     match owner::owner_of(&dir, name) {
         Owner::Alive(r) => TeardownReport::refused(
@@ -321,18 +342,22 @@ fn own_cleanup(which: impl Fn(&Active) -> bool) -> Vec<TeardownReport> {
     if names.is_empty() {
         return Vec::new();
     }
-    match StateDir::existing() {
-        Ok(Some(dir)) => names
+    // A state directory that vanished (someone removed it) is made anew: the cleanup routine
+    // still restores DNS (from the copy inside the rewritten resolv.conf) and the interface.
+    let dir = match StateDir::existing() {
+        Ok(Some(d)) => Ok(d),
+        Ok(None) => StateDir::create(),
+        Err(e) => Err(e),
+    };
+    match dir {
+        Ok(dir) => names
             .iter()
             .map(|n| cleanup_locked(&dir, n, None))
             .collect(),
-        // Our own records are gone or their directory was replaced: our tunnels still go
-        // (we know them from memory), without reading anything there.
-        other => {
-            let why = match other {
-                Err(e) => e.to_string(),
-                _ => "the state directory is gone".into(),
-            };
+        // The directory was replaced by something we cannot trust: our tunnels still go (we
+        // know them from memory), without reading anything there.
+        Err(e) => {
+            let why = e.to_string();
             names
                 .iter()
                 .map(|n| {
@@ -353,6 +378,24 @@ fn own_cleanup(which: impl Fn(&Active) -> bool) -> Vec<TeardownReport> {
                 })
                 .collect()
         }
+    }
+}
+
+/// Drop what this process's own failed connect of `name` wrote, when the interface there is
+/// not one it made (a rollback that must not touch it): the key file, the record, the
+/// watchdog and the entry (which releases the name lock). Caller holds `lock()`.
+pub fn forget_own(dir: &StateDir, name: &str, conf: &Path) {
+    confdir::shred(conf);
+    if matches!(owner::owner_of(dir, name), Owner::Me(_)) {
+        owner::remove(dir, name);
+    }
+    let gone = {
+        let mut v = lock_mutex(&ACTIVE);
+        let a = v.iter().position(|a| a.name == name).map(|i| v.remove(i));
+        a
+    };
+    if let Some(w) = gone.and_then(|a| a.watchdog) {
+        w.dismiss();
     }
 }
 
@@ -380,19 +423,28 @@ pub fn cleanup_env(owner: u64) -> Vec<TeardownReport> {
 /// owner's is released by the kernel), and only if the record still names that dead owner
 /// (a new owner may have taken the name).
 pub fn cleanup_dead_owner(name: &str, pid: u32, start: u64) -> Option<TeardownReport> {
-    let dir = StateDir::existing().ok().flatten()?;
+    let dir = match StateDir::existing() {
+        Ok(Some(d)) => d,
+        Ok(None) => StateDir::create().ok()?,
+        Err(_) => return None,
+    };
     let _held = NameLock::acquire(&dir, name, DEAD_OWNER_LOCK_BOUND)
         .ok()
         .flatten()?;
     match owner::owner_of(&dir, name) {
-        Owner::Dead(r) if r.pid == pid && r.start_time == start => {
-            Some(cleanup_locked(&dir, name, Some(&r.conf_path)))
-        }
+        Owner::Dead(r) if r.pid == pid && r.start_time == start => Some(reap_dead(&dir, &r)),
         // The owner died inside `claim`, after creating its record and before writing it:
         // nothing else exists yet (the record comes before the interface).
         Owner::Nobody if owner::unreadable(&dir, name) => {
             owner::remove(&dir, name);
             None
+        }
+        // The state directory was removed while the tunnel was up (its record with it), and
+        // made anew by us or by another agent: the tunnel this watchdog was started for is
+        // still its dead owner's (we hold the name's lock and no live agent claims the name),
+        // so it goes. DNS comes back from the copy inside the rewritten resolv.conf.
+        Owner::Nobody if crate::netdev::exists(name) && claimed_elsewhere(name).is_none() => {
+            Some(cleanup_locked(&dir, name, None))
         }
         _ => None,
     }
@@ -434,9 +486,7 @@ pub fn sweep_dead_locked(dir: &StateDir) -> SweepReport {
             continue;
         };
         match owner::owner_of(dir, &name) {
-            Owner::Dead(r) => out
-                .reports
-                .push(cleanup_locked(dir, &name, Some(&r.conf_path))),
+            Owner::Dead(r) => out.reports.push(reap_dead(dir, &r)),
             Owner::Stranger(_) => owner::remove(dir, &name),
             Owner::Nobody => {
                 if owner::unreadable(dir, &name) {
@@ -447,48 +497,74 @@ pub fn sweep_dead_locked(dir: &StateDir) -> SweepReport {
             _ => {}
         }
     }
-    sweep_orphan_keys(&mut out);
+    sweep_orphan_keys(dir);
     out
 }
 
-/// Key files in the private config dir whose tunnel has no live owner and no interface: a
-/// crashed run's. Only in a directory that passes the trust checks.
-fn sweep_orphan_keys(out: &mut SweepReport) {
-    let cdir = confdir::config_dir();
-    if !cdir.exists() {
-        return;
+/// The pid of a live process (root or our uid, not this process) that claims `name` in this
+/// network namespace, whatever its state directory (`state::NsClaim`).
+pub fn claimed_elsewhere(name: &str) -> Option<u32> {
+    crate::state::NsClaim::holder(name)
+        .filter(|(pid, uid)| {
+            *pid != std::process::id() && (*uid == 0 || *uid == crate::trust::euid())
+        })
+        .map(|(pid, _)| pid)
+}
+
+/// A dead owner's tunnel (caller holds its name lock): the cleanup routine, then the caller's
+/// own config file the record names (`connectConfigFile`), which its owner can no longer
+/// remove: only `<name>.conf`, and only if trusted.
+fn reap_dead(dir: &StateDir, r: &owner::Record) -> TeardownReport {
+    if let Some(pid) = claimed_elsewhere(&r.name) {
+        // A live agent whose state lives elsewhere has the name now: the dead owner's record
+        // goes, its tunnel (now the other agent's) stays.
+        owner::remove(dir, &r.name);
+        return TeardownReport::refused(
+            &r.name,
+            &format!(
+                "{} is claimed by live process {pid}; only the stale record was removed",
+                r.name
+            ),
+        );
     }
-    if let Err(e) = confdir::check_private_dir(&cdir) {
-        out.warnings
-            .push(format!("{e} (nothing in it was read or removed)"));
-        return;
+    let report = cleanup_locked(dir, &r.name, Some(&r.conf_path));
+    if report.gone {
+        if let Some(src) = &r.source {
+            let named = src
+                .file_name()
+                .is_some_and(|f| *f == *format!("{}.conf", r.name));
+            if named {
+                crate::trust::shred_trusted(src);
+            }
+        }
     }
-    let Ok(rd) = std::fs::read_dir(&cdir) else {
-        return;
-    };
-    let state = StateDir::existing().ok().flatten();
-    for entry in rd.filter_map(|e| e.ok()) {
-        let file = entry.file_name().to_string_lossy().into_owned();
+    report
+}
+
+/// Key files in this namespace's state directory whose tunnel has no live owner, no lock
+/// holder and no interface: a crashed run's (e.g. one killed inside `claim`).
+fn sweep_orphan_keys(dir: &StateDir) {
+    for file in dir.list() {
         let Some(name) = file.strip_suffix(".conf") else {
             continue;
         };
         if crate::config::validate_interface_name(name).is_err() || get(name).is_some() {
             continue;
         }
-        let live = state.as_ref().is_some_and(|d| {
-            matches!(owner::owner_of(d, name), Owner::Alive(_)) || NameLock::held(d, name)
-        });
-        if live || crate::netdev::exists(name) {
+        if owner::read(dir, name).is_some() || crate::netdev::exists(name) {
             continue;
         }
-        let old = entry
-            .metadata()
+        let path = dir.file(&file);
+        let old = std::fs::symlink_metadata(&path)
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > ORPHAN_AGE);
-        if old {
-            confdir::shred(&entry.path());
+        if !old {
+            continue;
+        }
+        if let Ok(Some(_held)) = NameLock::try_acquire(dir, name) {
+            confdir::shred(&path);
         }
     }
 }
@@ -507,10 +583,18 @@ pub fn emergency_cleanup() -> SweepReport {
             out.reports.extend(s.reports);
             out.warnings.extend(s.warnings);
         }
-        Ok(None) => sweep_orphan_keys(&mut out),
+        Ok(None) => {}
         Err(e) => out
             .warnings
             .push(format!("{e} (nothing in it was read or removed)")),
+    }
+    // Nothing in `<tmp>/sentinel-wg` is read here; one that another user prepared is still
+    // worth a warning (the SDK writes its keys there, and `connectConfigFile` will refuse it).
+    let cdir = confdir::config_dir();
+    if std::fs::symlink_metadata(&cdir).is_ok() {
+        if let Err(e) = confdir::check_private_dir(&cdir) {
+            out.warnings.push(e.to_string());
+        }
     }
     out
 }

@@ -26,6 +26,9 @@ use crate::cmd;
 use crate::error::{Result, WgError};
 use crate::trust;
 
+/// The file naming the namespace (its cookie) a state directory belongs to.
+const COOKIE_FILE: &str = "netns.cookie";
+
 /// This thread's network namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Netns {
@@ -121,7 +124,36 @@ impl StateDir {
         let path = root.join(format!("net-{}", netns.inode));
         mkdir_private(&path)?;
         let fd = trust::open_private_dir(&path).map_err(|e| unsafe_dir(&path, e))?;
-        Ok(StateDir { path, fd, netns })
+        let dir = StateDir { path, fd, netns };
+        dir.claim_for_this_namespace();
+        Ok(dir)
+    }
+
+    /// A namespace's inode number is reused once it is gone: a directory still holding the
+    /// state of the namespace that had this number before (another cookie) is emptied, so none
+    /// of its records, DNS state or key files is ever applied here.
+    fn claim_for_this_namespace(&self) {
+        if self.netns.cookie == 0 {
+            return;
+        }
+        let want = self.netns.cookie.to_string();
+        let have = self
+            .read(COOKIE_FILE)
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string());
+        if have.as_deref() == Some(want.as_str()) {
+            return;
+        }
+        if have.is_some() {
+            for f in self.list() {
+                let p = self.file(&f);
+                if f.ends_with(".conf") {
+                    crate::confdir::shred(&p);
+                } else {
+                    let _ = fs::remove_file(&p);
+                }
+            }
+        }
+        let _ = crate::confdir::write_private_file(&self.file(COOKIE_FILE), want.as_bytes());
     }
 
     /// Open the existing state directory for a cleanup path. `Ok(None)` when it does not exist
@@ -139,7 +171,9 @@ impl StateDir {
             _ => {}
         }
         let fd = trust::open_private_dir(&path).map_err(|e| unsafe_dir(&path, e))?;
-        Ok(Some(StateDir { path, fd, netns }))
+        let dir = StateDir { path, fd, netns };
+        dir.claim_for_this_namespace();
+        Ok(Some(dir))
     }
 
     pub fn file(&self, name: &str) -> PathBuf {
@@ -239,6 +273,107 @@ impl Drop for NameLock {
     }
 }
 
+/// A claim on a tunnel name that holds across state directories: an abstract Unix socket
+/// `@blue-wireguard/<name>`. Abstract sockets belong to the network namespace (not to a file
+/// system), so two agents in one namespace whose state directories differ (containers on the
+/// host's network, each with its own `/run`; another `BLUE_WG_STATE_DIR`) still see each
+/// other's claims, and the kernel releases the claim when its holder dies.
+pub struct NsClaim {
+    _fd: OwnedFd,
+}
+
+/// What `NsClaim::take` found.
+pub enum Claim {
+    Held(NsClaim),
+    /// A live process of root or our uid holds the name (its pid).
+    TakenBy(u32),
+    /// Another user's process squats on the socket: it proves nothing about the tunnel, and
+    /// the name lock and records still protect it.
+    Squatted,
+}
+
+fn abstract_addr(name: &str) -> (libc::sockaddr_un, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_un.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let id = format!("blue-wireguard/{name}");
+    // sun_path[0] stays 0: the abstract namespace.
+    for (d, s) in addr.sun_path[1..].iter_mut().zip(id.as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + 1 + id.len();
+    (addr, len as libc::socklen_t)
+}
+
+fn unix_socket() -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a new socket that nothing else owns.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    // SAFETY: fd was just returned by socket().
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl NsClaim {
+    /// Claim `name` in this network namespace.
+    pub fn take(name: &str) -> Claim {
+        let Some(fd) = unix_socket() else {
+            return Claim::Squatted;
+        };
+        let (addr, len) = abstract_addr(name);
+        // SAFETY: addr is a valid sockaddr_un of length len; fd is ours.
+        let bound = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast(),
+                len,
+            ) == 0
+                && libc::listen(fd.as_raw_fd(), 1) == 0
+        };
+        if bound {
+            return Claim::Held(NsClaim { _fd: fd });
+        }
+        match Self::holder(name) {
+            Some((pid, uid)) if uid == 0 || uid == trust::euid() => Claim::TakenBy(pid),
+            _ => Claim::Squatted,
+        }
+    }
+
+    /// Pid and uid of the process holding `name`'s claim, if any.
+    pub fn holder(name: &str) -> Option<(u32, u32)> {
+        let fd = unix_socket()?;
+        let (addr, len) = abstract_addr(name);
+        // SAFETY: as in `take`; cred and clen are valid out-pointers.
+        let connected = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast(),
+                len,
+            ) == 0
+        };
+        if !connected {
+            return None;
+        }
+        let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+        let mut clen = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        let ok = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast(),
+                &mut clen,
+            ) == 0
+        };
+        (ok && cred.pid > 0).then_some((cred.pid as u32, cred.uid))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +396,15 @@ mod tests {
         drop(a);
         assert!(!NameLock::held(&dir, "wgsent9"));
         assert!(netns().inode > 0);
+        // The namespace-wide claim: a second taker sees the holder (this process).
+        let name = format!("bwt{}", std::process::id() % 100_000);
+        let Claim::Held(held) = NsClaim::take(&name) else {
+            panic!("could not claim {name}");
+        };
+        assert!(matches!(NsClaim::take(&name), Claim::TakenBy(p) if p == std::process::id()));
+        drop(held);
+        assert!(NsClaim::holder(&name).is_none());
+        assert!(matches!(NsClaim::take(&name), Claim::Held(_)));
         assert!(dir.path.ends_with(format!("net-{}", netns().inode)));
     }
 }

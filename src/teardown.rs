@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cmd;
-use crate::confdir;
 use crate::netdev;
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,7 +67,7 @@ impl TeardownReport {
     pub fn refused(name: &str, why: &str) -> Self {
         TeardownReport {
             name: name.to_string(),
-            existed: false,
+            existed: crate::config::validate_interface_name(name).is_ok() && netdev::exists(name),
             gone: false,
             steps: vec![skipped("all", why)],
             config_removed: false,
@@ -216,11 +215,14 @@ pub fn teardown_linux_interface(name: &str, conf_path: Option<&Path>) -> Teardow
         if !report.gone {
             match cmd::find_program("ip") {
                 Some(ip) => {
+                    // Which policy rules are this interface's: its fwmark (= wg-quick's table),
+                    // read before the interface goes.
+                    let mark = fwmark_of(name);
                     let step = run_step("ip link delete", &ip, &["link", "delete", "dev", name]);
                     report.gone = gone_after(name, &step);
                     report.steps.push(step);
                     if report.gone {
-                        report.steps.push(sweep(&ip, name));
+                        report.steps.push(sweep(&ip, name, mark));
                     }
                 }
                 None => report
@@ -238,18 +240,34 @@ pub fn teardown_linux_interface(name: &str, conf_path: Option<&Path>) -> Teardow
         // Only a file of that tunnel's name that passes the trust checks: never a file in a
         // directory another user can change (they could swap in a link or a hard link).
         if let Some(c) = conf_path.filter(|c| conf_names(c, name)) {
-            if let Ok((canon, _)) = crate::trust::open_trusted_path(c) {
-                report.config_removed = confdir::shred(&canon);
-            }
+            report.config_removed = crate::trust::shred_trusted(c);
         }
     }
     report
 }
 
-/// After a bare `ip link delete`: remove wg-quick's nft table for this interface and the
-/// policy rules of a full tunnel whose routing table is now empty (wg-quick's `fwmark T
-/// lookup T` pairs and, when none is left, its `suppress_prefixlength 0` rule).
-fn sweep(ip: &Path, name: &str) -> StepReport {
+/// The fwmark of WireGuard interface `name` (`wg show <name> fwmark`): None when it has none
+/// (a split tunnel) or it cannot be read.
+fn fwmark_of(name: &str) -> Option<u32> {
+    let wg = cmd::find_program("wg")?;
+    let out = cmd::run(&wg, &["show", name, "fwmark"], None, STEP_TIMEOUT).ok()?;
+    let text = out.stdout.trim();
+    if !out.success || text == "off" {
+        return None;
+    }
+    let mark = match text.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+        None => text.parse().ok()?,
+    };
+    (mark != 0).then_some(mark)
+}
+
+/// After a bare `ip link delete`: remove wg-quick's nft table for this interface and, for a
+/// full tunnel (an interface with fwmark `mark`), the policy rules that send traffic to its
+/// table (`not fwmark T lookup T`, with T = mark) and, only when no such rule of any other
+/// tunnel is left, the shared `suppress_prefixlength 0` rule. Nothing else: another agent's
+/// rules (even ones whose table is momentarily empty) are never touched.
+fn sweep(ip: &Path, name: &str, mark: Option<u32>) -> StepReport {
     let t = std::time::Instant::now();
     let mut done = Vec::new();
     if let Some(nft) = cmd::find_program("nft") {
@@ -267,51 +285,45 @@ fn sweep(ip: &Path, name: &str) -> StepReport {
             }
         }
     }
-    for fam in ["-4", "-6"] {
-        let Ok(rules) = cmd::run(ip, &[fam, "rule", "show"], None, STEP_TIMEOUT) else {
-            continue;
-        };
-        let mut tables_left = false;
-        for table in orphan_fwmark_tables(&rules.stdout) {
-            let empty = cmd::run(
-                ip,
-                &[fam, "route", "show", "table", &table],
-                None,
-                STEP_TIMEOUT,
-            )
-            .map(|o| o.success && o.stdout.trim().is_empty())
-            .unwrap_or(false);
-            if !empty {
-                tables_left = true;
-                continue;
-            }
-            let ok = cmd::run(
-                ip,
-                &[fam, "rule", "delete", "table", &table],
-                None,
-                STEP_TIMEOUT,
-            )
+    let show = |fam: &str| {
+        cmd::run(ip, &[fam, "rule", "show"], None, STEP_TIMEOUT)
+            .ok()
+            .filter(|o| o.success)
+            .map(|o| o.stdout)
+    };
+    let run_ok = |args: &[&str]| {
+        cmd::run(ip, args, None, STEP_TIMEOUT)
             .map(|o| o.success)
-            .unwrap_or(false);
-            if ok {
-                done.push(format!("{fam} rule lookup {table}"));
+            .unwrap_or(false)
+    };
+    if let Some(mark) = mark {
+        let table = mark.to_string();
+        for fam in ["-4", "-6"] {
+            let Some(rules) = show(fam) else { continue };
+            if orphan_fwmark_tables(&rules).contains(&table) {
+                // Bounded: one delete per rule that names the table.
+                for _ in 0..rules.lines().count() {
+                    if !run_ok(&[fam, "rule", "delete", "table", &table]) {
+                        break;
+                    }
+                    done.push(format!("{fam} rule lookup {table}"));
+                }
             }
-        }
-        if !tables_left && rules.stdout.contains("suppress_prefixlength 0") {
-            let args = [
-                fam,
-                "rule",
-                "delete",
-                "table",
-                "main",
-                "suppress_prefixlength",
-                "0",
-            ];
-            if cmd::run(ip, &args, None, STEP_TIMEOUT)
-                .map(|o| o.success)
-                .unwrap_or(false)
+            let Some(rules) = show(fam) else { continue };
+            if orphan_fwmark_tables(&rules).is_empty() && rules.contains("suppress_prefixlength 0")
             {
-                done.push(format!("{fam} rule suppress_prefixlength 0"));
+                let args = [
+                    fam,
+                    "rule",
+                    "delete",
+                    "table",
+                    "main",
+                    "suppress_prefixlength",
+                    "0",
+                ];
+                if run_ok(&args) {
+                    done.push(format!("{fam} rule suppress_prefixlength 0"));
+                }
             }
         }
     }
@@ -319,10 +331,12 @@ fn sweep(ip: &Path, name: &str) -> StepReport {
         step: "sweep".into(),
         ran: true,
         ok: true,
-        detail: if done.is_empty() {
-            "nothing left over".into()
-        } else {
-            format!("removed {}", done.join(", "))
+        detail: match (done.is_empty(), mark) {
+            (false, _) => format!("removed {}", done.join(", ")),
+            (true, None) => {
+                "no fwmark (a split tunnel, or unreadable): no policy rules touched".into()
+            }
+            (true, Some(_)) => "nothing left over".into(),
         },
         elapsed_ms: t.elapsed().as_secs_f64() * 1000.0,
     }

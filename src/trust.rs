@@ -220,23 +220,64 @@ pub fn read_file_in(dir: &OwnedFd, name: &str, max: u64) -> Result<Option<Vec<u8
 }
 
 /// A trusted file at an arbitrary path: the directory chain and the file are checked as
-/// above. Returns the canonical path (links resolved: the checked one, which is what must be
-/// handed on) and the opened file.
+/// above. No link is followed anywhere, not even in the directories above it (a path that goes
+/// through a link is refused): resolving links first and checking the result would let
+/// another user point a path of theirs at any root-owned file. Returns the absolute path
+/// (safe to hand on by name: only root and we can change what it names) and the opened file.
 pub fn open_trusted_path(path: &Path) -> Result<(PathBuf, File), Untrusted> {
-    // Resolve links first (e.g. /var/run -> /run); then every component of the result is
-    // checked with O_NOFOLLOW, so a link swapped in afterwards is refused, not followed.
-    let canon = std::fs::canonicalize(path)
-        .map_err(|e| Untrusted(format!("cannot resolve {}: {e}", path.display())))?;
-    let (Some(parent), Some(base)) = (canon.parent(), canon.file_name()) else {
-        return untrusted(format!("{} is not a file path", canon.display()));
+    let (abs, dir, base) = open_parent(path)?;
+    let f = open_file_in(&dir, &base)?
+        .ok_or_else(|| Untrusted(format!("{} does not exist", abs.display())))?;
+    Ok((abs, f))
+}
+
+/// The absolute form of `path`, its parent directory opened and checked as a chain, and its
+/// final component.
+fn open_parent(path: &Path) -> Result<(PathBuf, OwnedFd, String), Untrusted> {
+    let abs = absolute(path)?;
+    let (Some(parent), Some(base)) = (abs.parent(), abs.file_name()) else {
+        return untrusted(format!("{} is not a file path", abs.display()));
     };
-    let (dir, _) = open_dir_chain(parent)?;
     let base = base
         .to_str()
-        .ok_or_else(|| Untrusted("a non-UTF-8 file name".into()))?;
-    let f = open_file_in(&dir, base)?
-        .ok_or_else(|| Untrusted(format!("{} vanished", canon.display())))?;
-    Ok((canon, f))
+        .ok_or_else(|| Untrusted("a non-UTF-8 file name".into()))?
+        .to_string();
+    let (dir, _) = open_dir_chain(parent)?;
+    Ok((abs, dir, base))
+}
+
+/// Zero-fill, sync and remove the trusted file at `path` (see `open_trusted_path`), through
+/// descriptors of the checked directory: never a link, never a file that is not ours alone.
+/// Returns true when it was removed.
+pub fn shred_trusted(path: &Path) -> bool {
+    use std::io::Write;
+    let Ok((_, dir, base)) = open_parent(path) else {
+        return false;
+    };
+    let flags = libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    let Ok(fd) = openat(Some(&dir), std::ffi::OsStr::new(&base), flags) else {
+        return false;
+    };
+    let Ok(meta) = fstat(&fd) else { return false };
+    if check_file(&meta, &base).is_err() {
+        return false;
+    }
+    let mut f = File::from(fd);
+    let zeros = [0u8; 4096];
+    let mut left = meta.len();
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        if f.write_all(&zeros[..n]).is_err() {
+            break;
+        }
+        left -= n as u64;
+    }
+    let _ = f.sync_all();
+    let Ok(c) = CString::new(base) else {
+        return false;
+    };
+    // SAFETY: dir is an open directory descriptor and c a NUL-terminated name in it.
+    unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) == 0 }
 }
 
 #[cfg(test)]
@@ -277,6 +318,28 @@ mod tests {
             .contains("writable by other users"));
         fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
         assert!(open_private_dir(&inner).is_ok());
+    }
+
+    #[test]
+    fn a_path_through_a_link_is_refused_and_never_shredded() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real");
+        fs::create_dir(&real).unwrap();
+        fs::write(real.join("victim.conf"), b"keep").unwrap();
+        fs::set_permissions(real.join("victim.conf"), fs::Permissions::from_mode(0o600)).unwrap();
+        // A link as the file, and a link as a directory on the way.
+        std::os::unix::fs::symlink(real.join("victim.conf"), d.path().join("x.conf")).unwrap();
+        std::os::unix::fs::symlink(&real, d.path().join("via")).unwrap();
+        assert!(open_trusted_path(&d.path().join("x.conf")).is_err());
+        assert!(open_trusted_path(&d.path().join("via/victim.conf")).is_err());
+        assert!(!shred_trusted(&d.path().join("x.conf")));
+        assert!(!shred_trusted(&d.path().join("via/victim.conf")));
+        assert_eq!(fs::read(real.join("victim.conf")).unwrap(), b"keep");
+        // The real path is trusted, and is shredded.
+        let (abs, _) = open_trusted_path(&real.join("victim.conf")).unwrap();
+        assert_eq!(abs, real.join("victim.conf"));
+        assert!(shred_trusted(&real.join("victim.conf")));
+        assert!(!real.join("victim.conf").exists());
     }
 
     #[test]

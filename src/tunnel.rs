@@ -14,7 +14,7 @@ use crate::error::{Result, WgError};
 use crate::netdev;
 use crate::owner::{self, Owner, Record};
 use crate::registry::{self, Active};
-use crate::state::{NameLock, StateDir};
+use crate::state::{Claim, NameLock, NsClaim, StateDir};
 use crate::teardown::TeardownReport;
 use crate::watchdog::Watchdog;
 
@@ -119,8 +119,11 @@ pub fn read_config_file(path: &std::path::Path) -> Result<RawConfig> {
 
 /// Bring a tunnel up. Converges over a stale interface of the same name; on any failure
 /// everything done so far is rolled back by the cleanup routine.
+/// `source` is the caller's config file (`connectConfigFile`), recorded so that the cleanup of
+/// a dead owner can also remove that key file.
 pub fn connect(
     raw: RawConfig,
+    source: Option<&std::path::Path>,
     owner: u64,
     opts: ConnectOptions,
     progress: &dyn Fn(&str, &str),
@@ -142,26 +145,28 @@ pub fn connect(
     be.available()?;
     mark("preflight", be.name(), &mut steps);
 
-    // Only the wg-quick backend writes a key file; the native ones never touch the directory.
-    let dir = if be.writes_config() {
-        Some(confdir::ensure_private_dir()?)
-    } else {
-        None
-    };
     let state = StateDir::create()?;
     let _guard = registry::lock();
     // The start-of-process sweep: what dead owners left here goes first.
     let swept: Vec<String> = registry::sweep_dead_locked(&state)
         .reports
         .into_iter()
+        .filter(|r| r.gone)
         .map(|r| r.name)
         .collect();
-    let (name, lock, replaced_own) = claim_name(&state, &cfg.name)?;
-    // Where a wg-quick leftover of this name keeps its key file (converge removes it).
-    let conf: PathBuf = confdir::conf_path(&name);
-    match &dir {
-        Some(d) => mark("config-dir", &d.to_string_lossy(), &mut steps),
-        None => mark("state-dir", &state.path.to_string_lossy(), &mut steps),
+    let (name, (lock, ns_claim), replaced_own) = claim_name(&state, &cfg.name)?;
+    // The wg-quick backend's key file lives in the namespace's private state directory
+    // (root-only, per namespace): no other user can pre-create or watch it, and agents in
+    // other namespaces never see it. The native backends write no key file at all.
+    let conf: PathBuf = state.file(&format!("{name}.conf"));
+    mark("config-dir", &state.path.to_string_lossy(), &mut steps);
+    // Whoever owned the name before (nobody, a dead owner, a forged record): an interface of
+    // that name that is not WireGuard is never replaced.
+    if netdev::exists(&name) && !netdev::is_wireguard(&name) {
+        return Err(WgError::NotWireGuard {
+            driver: netdev::driver(&name).unwrap_or_else(|| "unknown".into()),
+            name,
+        });
     }
 
     // Converge: a leftover of the same name (a killed run's) is the normal case. We hold the
@@ -170,14 +175,9 @@ pub fn connect(
         Owner::Alive(r) => return Err(WgError::NameInUse { name, pid: r.pid }),
         Owner::Me(_) | Owner::Dead(_) | Owner::Stranger(_) => true,
         Owner::Nobody => {
-            let exists = netdev::exists(&name);
-            if exists && !netdev::is_wireguard(&name) {
-                return Err(WgError::NotWireGuard {
-                    driver: netdev::driver(&name).unwrap_or_else(|| "unknown".into()),
-                    name,
-                });
-            }
-            exists || dns::pending(&state.path, state.netns.inode, &name) || conf.exists()
+            netdev::exists(&name)
+                || dns::pending(&state.path, state.netns.inode, &name)
+                || conf.exists()
         }
     };
     let stale = stale || swept.contains(&name) || replaced_own;
@@ -258,6 +258,7 @@ pub fn connect(
             }
         }
     }
+    record.source = source.map(std::path::Path::to_path_buf);
     if let Err(e) = owner::claim(&state, &record) {
         if let Some(w) = watchdog {
             w.dismiss();
@@ -283,6 +284,7 @@ pub fn connect(
         watchdog: watchdog.clone(),
         lock: Arc::new(lock),
         tunnel: None,
+        ns_claim: ns_claim.map(Arc::new),
     });
     let mut cfg = cfg;
     cfg.name = name.clone();
@@ -302,7 +304,14 @@ pub fn connect(
         Ok(m) => m,
         Err(e) => {
             // Everything this call made (we hold the name, and it was clear before): undone.
-            registry::cleanup_locked(&state, &name, Some(&key_file));
+            let own = (!key_file.as_os_str().is_empty()).then_some(key_file.as_path());
+            let r = registry::cleanup_locked(&state, &name, own);
+            if !r.gone {
+                // The interface there is not one this call made (something else created a
+                // link of that name meanwhile): leave it, but take back our own key file,
+                // record and watchdog.
+                registry::forget_own(&state, &name, &key_file);
+            }
             return Err(e);
         }
     };
@@ -349,7 +358,7 @@ const NAME_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
 /// `WG_NAME_IN_USE`). A live tunnel of this process with that name is removed first (the
 /// SDK's second `installWgTunnel` for verify-before-capture). Returns the name, its lock and
 /// whether an own tunnel was replaced.
-fn claim_name(state: &StateDir, requested: &str) -> Result<(String, NameLock, bool)> {
+fn claim_name(state: &StateDir, requested: &str) -> Result<(String, Claimed, bool)> {
     if requested == "auto" {
         for n in (0..=AUTO_MAX).map(|i| format!("wgsent{i}")) {
             if registry::get(&n).is_some()
@@ -360,7 +369,11 @@ fn claim_name(state: &StateDir, requested: &str) -> Result<(String, NameLock, bo
             }
             if let Some(lock) = NameLock::try_acquire(state, &n)? {
                 if !matches!(owner::owner_of(state, &n), Owner::Alive(_) | Owner::Me(_)) {
-                    return Ok((n, lock, false));
+                    match NsClaim::take(&n) {
+                        Claim::TakenBy(_) => continue,
+                        Claim::Held(c) => return Ok((n, (lock, Some(c)), false)),
+                        Claim::Squatted => return Ok((n, (lock, None), false)),
+                    }
                 }
             }
         }
@@ -388,23 +401,40 @@ fn claim_name(state: &StateDir, requested: &str) -> Result<(String, NameLock, bo
         }
         replaced = true;
     }
-    if let Some(lock) = NameLock::try_acquire(state, &name)? {
-        return Ok((name, lock, replaced));
-    }
-    if let Owner::Alive(r) = owner::owner_of(state, &name) {
-        return Err(WgError::NameInUse { name, pid: r.pid });
-    }
-    match NameLock::acquire(state, &name, NAME_BOUND)? {
-        Some(lock) => Ok((name, lock, replaced)),
-        None => match owner::owner_of(state, &name) {
-            Owner::Alive(r) => Err(WgError::NameInUse { name, pid: r.pid }),
-            _ => Err(WgError::setup(
-                "name",
-                format!("another process held {name} for more than {NAME_BOUND:?}; retry"),
-            )),
-        },
+    let lock = match NameLock::try_acquire(state, &name)? {
+        Some(lock) => lock,
+        None => {
+            if let Owner::Alive(r) = owner::owner_of(state, &name) {
+                return Err(WgError::NameInUse { name, pid: r.pid });
+            }
+            match NameLock::acquire(state, &name, NAME_BOUND)? {
+                Some(lock) => lock,
+                None => {
+                    return match owner::owner_of(state, &name) {
+                        Owner::Alive(r) => Err(WgError::NameInUse { name, pid: r.pid }),
+                        _ => Err(WgError::setup(
+                            "name",
+                            format!(
+                                "another process held {name} for more than {NAME_BOUND:?}; retry"
+                            ),
+                        )),
+                    }
+                }
+            }
+        }
+    };
+    // The namespace-wide claim: a live agent whose state lives elsewhere (another /run,
+    // another BLUE_WG_STATE_DIR) holds it for its tunnel.
+    match NsClaim::take(&name) {
+        Claim::Held(c) => Ok((name, (lock, Some(c)), replaced)),
+        Claim::Squatted => Ok((name, (lock, None), replaced)),
+        Claim::TakenBy(pid) => Err(WgError::NameInUse { name, pid }),
     }
 }
+
+/// A name this connect holds: its lock in the state directory, and its namespace-wide claim
+/// (None when another user squats on the claim's socket).
+type Claimed = (NameLock, Option<NsClaim>);
 
 fn bring_up(
     be: &dyn Backend,
@@ -463,8 +493,11 @@ pub fn disconnect(name: Option<&str>) -> Result<Option<TeardownReport>> {
             name,
         });
     }
-    let conf = confdir::conf_path(&name);
+    if let Some(pid) = registry::claimed_elsewhere(&name) {
+        return Err(WgError::NameInUse { name, pid });
+    }
     let Some(state) = state else {
+        let conf = confdir::conf_path(&name);
         if !exists {
             return Ok(None);
         }
@@ -476,6 +509,7 @@ pub fn disconnect(name: Option<&str>) -> Result<Option<TeardownReport>> {
     if let Owner::Alive(r) = owner::owner_of(&state, &name) {
         return Err(WgError::NameInUse { name, pid: r.pid });
     }
+    let conf = state.file(&format!("{name}.conf"));
     if !exists
         && !dns::pending(&state.path, state.netns.inode, &name)
         && !conf.exists()

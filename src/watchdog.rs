@@ -161,7 +161,7 @@ impl cmd::Delegate for Watchdog {
             return cmd::run_local(program, args, input, timeout);
         };
         match Self::ask(stdin, stdout, program, args, input, timeout) {
-            Ok(out) => Ok(out),
+            Ok(answer) => answer,
             Err(Lost(why)) => {
                 // A killed (or wedged) watchdog must not strand the tunnel: forget it and do
                 // the work here. Teardown steps are idempotent, so a command it may have
@@ -189,7 +189,7 @@ impl Watchdog {
         args: &[OsString],
         input: Option<&[u8]>,
         timeout: Duration,
-    ) -> std::result::Result<Output, Lost> {
+    ) -> std::result::Result<std::result::Result<Output, String>, Lost> {
         let mut frame = Vec::new();
         frame.extend_from_slice(b"R\n");
         frame.extend_from_slice(program.as_os_str().as_encoded_bytes());
@@ -226,22 +226,18 @@ impl Watchdog {
             .and_then(|l| l.parse().ok())
             .ok_or_else(bad)?;
         match kind {
-            "E" => Ok(Output {
-                success: false,
-                code: None,
-                stdout: String::new(),
-                stderr: String::from_utf8_lossy(&stderr_b).into_owned(),
-                elapsed: Duration::from_millis(elapsed_ms),
-            }),
+            // The watchdog answered, but could not run the command: an error of the command,
+            // not of the watchdog (no fallback).
+            "E" => Ok(Err(String::from_utf8_lossy(&stderr_b).into_owned())),
             _ => {
                 let code = rest.parse::<i32>().ok();
-                Ok(Output {
+                Ok(Ok(Output {
                     success: code == Some(0),
                     code,
                     stdout: String::from_utf8_lossy(&stdout_b).into_owned(),
                     stderr: String::from_utf8_lossy(&stderr_b).into_owned(),
                     elapsed: Duration::from_millis(elapsed_ms),
-                })
+                }))
             }
         }
     }

@@ -17,7 +17,8 @@
 //                      in a second child; the two children take turns, run by run)
 //   owner SIGKILL      --kill-runs (default 20): an owner process connects a full tunnel and is
 //                      SIGKILLed; time until the namespace is clean (no interface, no rule, key
-//                      dir empty, resolv.conf original), polled every 5 ms: median and worst
+//                      dir empty, no record/DNS state, resolv.conf original), polled every 5 ms:
+//                      median and worst
 //   watchdog footprint VmRSS of the watchdog with a tunnel up, and its CPU time (utime+stime)
 //                      over --idle-ms (default 2000) of idling
 //   SDK JS path        an EMULATION of the SDK's wireguard.js Linux path (--sdk-runs, default
@@ -187,7 +188,7 @@ async function main() {
       } else if (ev.event === 'kill') {
         if (!kills.length) {
           log('')
-          log(`  owner SIGKILL -> clean (no interface, no rule, key dir empty, resolv.conf original), polled every ${KILL_POLL_MS} ms:`)
+          log(`  owner SIGKILL -> clean (no interface, no rule, key dir empty, no record/DNS state, resolv.conf original), polled every ${KILL_POLL_MS} ms:`)
           log('   run  owner connect    clean  (dirty at)  resolv.conf  interface  key dir  looks  watchdog+wireguard-go exited')
         }
         kills.push(ev)
@@ -268,7 +269,7 @@ async function main() {
     const bad = after.filter((k) => !k.ok)
     log('')
     log(`after ${runs.length + 4} addon cycles, ${kills.length} owner kills, 1 footprint tunnel and ${sdkRuns.length} SDK cycles: ` +
-      `${bad.length ? 'LEFT: ' + bad.map((k) => `${k.what}: ${k.detail}`).join('; ') : 'nothing left (interface, rules, nft, key dir, resolv.conf, processes, socket)'}`)
+      `${bad.length ? 'LEFT: ' + bad.map((k) => `${k.what}: ${k.detail}`).join('; ') : 'nothing left (interface, rules, nft, key dir, state dir, resolv.conf, processes, socket)'}`)
     if (bad.length) throw new Error('state left behind by the bench children')
 
     // --- module load in fresh processes -------------------------------------------------
@@ -386,7 +387,7 @@ async function main() {
     log(`targets: connect < ${TARGETS.connect} ms, disconnect < ${TARGETS.disconnect} ms, emergencyCleanupSync no-op < ${TARGETS.emergency} ms, module load < ${TARGETS.load} ms, ` +
       `watchdog cost on connect < ${TARGETS.watchdogConnectCost} ms (median with minus median without; the two children took turns), ` +
       `owner SIGKILL -> clean < ${TARGETS.ownerKillClean} ms in the worst run (clean = no interface, no fwmark/suppress rule, key dir empty, ` +
-      `resolv.conf original; looked at every ${KILL_POLL_MS} ms from the kill, the time is the end of the first clean look)`)
+      `no record/DNS state, resolv.conf original; looked at every ${KILL_POLL_MS} ms from the kill, the time is the end of the first clean look)`)
     log(`watchdog cost, two more views: paired differences (same run, with minus without) median split ${fmt(costViews.pairedMedianMs.split)}, ` +
       `full ${fmt(costViews.pairedMedianMs.full)}; connect's step ending at 'owner-record' (watchdog spawn + READY, record) median ` +
       `${fmt(costViews.ownerRecordStepMedianMs.watchdog)} with, ${fmt(costViews.ownerRecordStepMedianMs.noWatchdog)} without`)

@@ -21,7 +21,7 @@ const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const testbed = require('./index.js')
-const { startFixture, leftovers, testbedLeftovers, resolvConfPath, alive, wireguardGoIn, cliProcs, procInfo, waitGone, onSignalOnce } =
+const { startFixture, leftovers, testbedLeftovers, resolvConfPath, stateDir, alive, wireguardGoIn, cliProcs, procInfo, waitGone, onSignalOnce } =
   require('./fixtures/checks.js')
 
 const AGENT = path.join(__dirname, 'fixtures', 'agent.js')
@@ -103,7 +103,12 @@ async function main() {
     // whatever the environment the demo was started from.
     const agentEnv = (p, noWatchdog = false) => ({ BW_DEMO_AGENT: JSON.stringify(p), BLUE_WG_NO_WATCHDOG: noWatchdog ? '1' : '0' })
     const fetchOk = (f) => f.ok && f.json && f.json.served_by === tb.httpTunnelHost && f.json.client === '10.8.0.2'
-    const dirList = () => (fs.existsSync(keyDir) ? fs.readdirSync(keyDir).join(', ') || 'empty' : 'absent')
+    // The key file, the ownership record, the lock and the DNS state live in the network
+    // namespace's state dir, not in TMPDIR (keyDir, <TMPDIR>/sentinel-wg, must stay empty).
+    const stateList = () => {
+      const d = stateDir(tb)
+      return fs.existsSync(d) ? `${d}: ${fs.readdirSync(d).sort().join(', ') || 'empty'}` : `${d}: absent`
+    }
 
     // ====================================================================================
     part(`1. the watchdog: agent A is SIGKILLed, its ${NAME} goes away on its own`)
@@ -129,7 +134,7 @@ async function main() {
     step(`A: resolve ${tb.dnsName}`, ra.ok ? `${ra.address} in ${ra.ms.toFixed(0)} ms` : `FAILED ${ra.error}`)
     const rc = await a.next('resolv-conf')
     detail(`the agent's /etc/resolv.conf: ${nameservers(rc.text)}`)
-    detail(`key dir: ${dirList()}`)
+    detail(`state dir: ${stateList()}`)
     check(ra.ok && ra.address === tb.dnsAnswer, `A: ${tb.dnsName} should resolve to ${tb.dnsAnswer} through the tunnel DNS: ${JSON.stringify(ra)}`)
     await a.next('waiting')
     const aDaemons = (await cliProcs(tb)).filter((p) => /wireguard-go/.test(p.cmd)).map((p) => p.pid)
@@ -144,7 +149,7 @@ async function main() {
     agents.push(w)
     const wr = await w.next('ready')
     const bf = wr.before
-    step('poller started in cli ns', `pid ${wr.pid}; sees: ${[!bf.iface && 'interface', !bf.keys && 'key files', !bf.resolv && 'tunnel DNS',
+    step('poller started in cli ns', `pid ${wr.pid}; sees: ${[!bf.iface && 'interface', !bf.keys && 'key files', !bf.state && 'record/DNS state', !bf.resolv && 'tunnel DNS',
       bf.rules === false && 'policy rules'].filter(Boolean).join(', ') || 'nothing?!'}`)
     check(!wr.before.clean, `the poller should see the tunnel before the kill: ${JSON.stringify(wr.before)}`)
 
@@ -156,14 +161,14 @@ async function main() {
     check(xa.signal === 'SIGKILL', `A: expected death by SIGKILL, got ${JSON.stringify(xa)}`)
     const cl = await w.waitFor((e) => e.event === 'clean' || e.event === 'timeout', "'clean'", POLL_BOUND_MS + 5000)
     cleanMs = cl.ms
-    step('watchdog removed tunnel, DNS change, key file',
+    step('watchdog removed tunnel, DNS change, key file, record',
       cl.event === 'clean'
         ? `${C.ok}clean ${cl.ms.toFixed(0)} ms after SIGKILL${C.off} (target < ${CLEAN_TARGET_MS} ms)`
         : `${C.bad}NOT clean ${cl.ms.toFixed(0)} ms after SIGKILL${C.off}: ${cl.left.join(', ')}`)
     detail(`first seen clean, ms after SIGKILL: resolv.conf ${f0(cl.first.resolv)}, interface ${f0(cl.first.iface)}, ` +
-      `key dir ${f0(cl.first.keys)}, then rules checked: none left`)
+      `key dir ${f0(cl.first.keys)}, state dir ${f0(cl.first.state)}, then rules checked: none left`)
     detail(`${cl.polls} looks every ${POLL_MS} ms (bound ${POLL_BOUND_MS} ms); still dirty at ${f0(cl.lastDirtyMs)}; ` +
-      'interface: /sys/class/net, rules: ip -4/-6 rule, key dir, /etc/resolv.conf')
+      'interface: /sys/class/net, rules: ip -4/-6 rule, key dir, state dir, /etc/resolv.conf')
     check(cl.event === 'clean' && cl.ms < CLEAN_TARGET_MS, `A's tunnel should be gone within ${CLEAN_TARGET_MS} ms of SIGKILL: ${JSON.stringify(cl)}`)
     const wdLeft = await waitGone([wd.pid], 3000)
     const aLeft = await waitGone(aDaemons, 3000)
@@ -173,7 +178,7 @@ async function main() {
     await w.exited
     const checksA = await leftovers(tb, NAME, tmp, originalResolv)
     const badA = checksA.filter((c) => !c.ok)
-    step('nothing of A left?', badA.length ? `${C.bad}NO: ${badA.map((c) => c.what).join(', ')}${C.off}` : `${C.ok}yes${C.off} (interface, rules, nft, key dir, resolv.conf, processes, socket)`)
+    step('nothing of A left?', badA.length ? `${C.bad}NO: ${badA.map((c) => c.what).join(', ')}${C.off}` : `${C.ok}yes${C.off} (interface, rules, nft, key dir, state dir, resolv.conf, processes, socket)`)
     check(badA.length === 0, `left behind by A: ${badA.map((c) => `${c.what}: ${c.detail}`).join('; ')}`)
 
     // ====================================================================================
@@ -207,7 +212,7 @@ async function main() {
     if (rules.length) detail(`ip rule: ${rules.map((l) => l.trim()).join(' | ')}`)
     const staleResolv = fs.readFileSync(resolvConfPath(tb), 'utf8')
     detail(`resolv.conf: ${staleResolv === originalResolv ? 'original' : `${nameservers(staleResolv)} (the dead agent's tunnel DNS)`}`)
-    detail(`key dir: ${dirList()}`)
+    detail(`state dir: ${stateList()}`)
     for (const p of await cliProcs(tb)) {
       daemonPids.add(p.pid)
       detail(`process left in cli ns: ${p.pid} ${p.cmd}`)

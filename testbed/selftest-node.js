@@ -92,10 +92,18 @@ test('tunnel, HTTP, DNS and spawned children through index.js', async () => {
     assert.ok(pids.includes(child.pid), 'spawnCli child runs in the cli ns');
     assert.ok(pids.length >= 2, 'wireguard-go of wg-quick runs in the cli ns');
 
+    // blue-wireguard's state dir of the cli ns (records, locks, DNS state; src/state.rs), as the
+    // addon would leave it: down removes it with the namespace.
+    const bwState = `/run/blue-wireguard/net-${fs.statSync(`/run/netns/${tb.cliNs}`).ino}`;
+    if (!fs.existsSync('/run/blue-wireguard')) fs.mkdirSync('/run/blue-wireguard', { mode: 0o700 });
+    fs.mkdirSync(bwState, { mode: 0o700 });
+    fs.writeFileSync(path.join(bwState, `${prefix}c.lock`), '', { mode: 0o600 });
+
     await Promise.all([tb.down(), tb.down()]);   // concurrent calls share one run
     await tb.down();                              // and later ones are no-ops
     assert.equal(await exited, 'SIGTERM');
     assert.deepEqual(leftovers(prefix), []);
+    assert.equal(fs.existsSync(bwState), false, `${bwState} is left`);
     for (const pid of [...pids, ...tb.pids]) assert.equal(running(pid), false, `pid ${pid}`);
   } finally {
     await tb.down();

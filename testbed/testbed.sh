@@ -219,7 +219,6 @@ do_down() {
         rm -rf -- "/etc/netns/$ns"
     done
     rmdir /etc/netns 2>/dev/null   # only if empty (it did not exist before the first testbed)
-    rmdir /run/blue-wireguard 2>/dev/null   # likewise
 
     # 4. stale wireguard-go control sockets: <prefix>*.sock and TESTBED_CLIENT_IFNAMES
     local -a names=()

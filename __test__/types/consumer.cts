@@ -2,7 +2,7 @@
 // "require" condition: lib/compat.js typed by compat.d.ts). Only type-checked, never run.
 import wg = require('blue-wireguard')
 import compat = require('blue-wireguard/compat')
-import type { TunnelConfig, TunnelInfo, TunnelStatus, TeardownReport, ConnectOptions, Availability } from 'blue-wireguard'
+import type { TunnelConfig, TunnelInfo, TunnelStatus, TeardownReport, ConnectOptions, Availability, CleanupReport } from 'blue-wireguard'
 import type { WatchdogState, WgConfigWriter } from 'blue-wireguard/compat'
 
 /** Never called: the module only has to type-check. */
@@ -14,7 +14,7 @@ export async function useFromCommonJs(config: TunnelConfig): Promise<string> {
   const info: TunnelInfo = await wg.connect(config, options)
   const report: TeardownReport | null = await wg.disconnect(info.name)
   const report2: TeardownReport = wg.teardownLinuxInterface('wgsent0')
-  wg.emergencyCleanupSync()
+  const cleaned: CleanupReport = wg.emergencyCleanupSync()
 
   const flags: [boolean, string | null, string | null, boolean] = [
     compat.IS_ADMIN,
@@ -30,5 +30,5 @@ export async function useFromCommonJs(config: TunnelConfig): Promise<string> {
   await compat.disconnectWireGuard()
   compat.emergencyCleanupSync()
   const report3: TeardownReport = compat.teardownLinuxInterface(name2, null)
-  return JSON.stringify([av, st, dir, report, report2, flags, state, report3])
+  return JSON.stringify([av, st, dir, report, report2, cleaned.removed, cleaned.warnings, flags, state, report3])
 }

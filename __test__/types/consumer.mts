@@ -17,6 +17,7 @@ import wgDefault, {
 } from 'blue-wireguard'
 import type {
   Availability,
+  CleanupReport,
   ConnectOptions,
   PeerConfig,
   StepTime,
@@ -130,9 +131,9 @@ export async function useTheCore(): Promise<string[]> {
   await disconnect(null)
   out.push(describeReport(teardownLinuxInterface('wgsent0', '/tmp/sentinel-wg/wgsent0.conf')))
   out.push(describeReport(teardownLinuxInterface('wgsent0')))
-  const nothing1: void = emergencyCleanupSync()
+  const cleaned: CleanupReport = emergencyCleanupSync()
+  out.push(...cleaned.removed.map(describeReport), ...cleaned.warnings)
   const nothing2: void = cleanupOwnTunnelsSync()
-  void nothing1
   void nothing2
   return out
 }

@@ -23,13 +23,14 @@
 //   sdk {i}                      the SDK's JavaScript path, emulated (see sdkRun); event 'sdk'
 //   exit                         event 'done', exit 0
 // After every command it checks, untimed, that nothing is left (interface, rules, nft table,
-// key files, resolv.conf, wireguard-go, watchdog); a leftover stops it with event 'leftover'.
+// key files, record and DNS state in the state dir, resolv.conf, wireguard-go, watchdog); a
+// leftover stops it with event 'leftover'.
 const fs = require('node:fs')
 const path = require('node:path')
 const readline = require('node:readline')
 const { execFileSync, spawn } = require('node:child_process')
 const { getUntilOk, lookup } = require('../fixtures/net.js')
-const { look, waitClean } = require('../fixtures/clean.js')
+const { look, waitClean, ownStateDir, stateLeft } = require('../fixtures/clean.js')
 
 const ROOT = path.join(__dirname, '..', '..')
 const AGENT = path.join(__dirname, '..', 'fixtures', 'agent.js')
@@ -97,6 +98,8 @@ function leftovers(name, confDirs) {
     const files = fs.existsSync(dir) ? fs.readdirSync(dir) : []
     if (files.length) left.push(`files in ${dir}: ${files.join(', ')}`)
   }
+  const state = stateLeft(ownStateDir(), name)
+  if (state.length) left.push(`state of ${name} in ${ownStateDir()}: ${state.join(', ')}`)
   if (fs.readFileSync('/etc/resolv.conf', 'utf8') !== ORIGINAL_RESOLV) left.push('resolv.conf changed')
   const daemons = wireguardGo()
   if (daemons.length) left.push(`wireguard-go ${daemons.join(', ')}`)
@@ -258,7 +261,8 @@ function startOwner(agentPlan, timeoutMs = 20000) {
 /**
  * One owner-SIGKILL run: a child of ours connects a full tunnel (with its watchdog), fetches
  * through it, and is SIGKILLed. From the kill, poll every intervalMs (bounded) until the
- * namespace is clean: no interface, no policy rule, key dir empty, resolv.conf original.
+ * namespace is clean: no interface, no policy rule, key dir empty, no record or DNS state in
+ * the state dir, resolv.conf original.
  * Nothing of the addon runs here meanwhile (this process has no tunnel and calls nothing).
  */
 async function killRun(i) {
