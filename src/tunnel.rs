@@ -300,6 +300,11 @@ pub fn connect(
         };
         bring_up(be, &state, &cfg, &mut ctx)
     });
+    // The watchdog started while the tunnel came up: it must be watching before we return.
+    let result = result.and_then(|m| match &watchdog {
+        Some(w) => w.confirm().map(|()| m),
+        None => Ok(m),
+    });
     let dns_method = match result {
         Ok(m) => m,
         Err(e) => {

@@ -56,6 +56,8 @@ pub struct Watchdog {
     pub pid: u32,
     child: Mutex<Child>,
     io: Mutex<Option<(ChildStdin, BufReader<ChildStdout>)>>,
+    /// Its `READY` was read.
+    confirmed: std::sync::atomic::AtomicBool,
 }
 
 /// Wait until `fd` is readable, at most `bound`.
@@ -86,7 +88,11 @@ fn read_blob(r: &mut impl BufRead) -> Option<Vec<u8>> {
 }
 
 impl Watchdog {
-    /// Start the watchdog of tunnel `name` owned by this process.
+    /// Start the watchdog of tunnel `name` owned by this process. It is not waited for: it
+    /// starts while the tunnel comes up, and `confirm` (or its first command) waits for its
+    /// `READY`. Spawned without a `pre_exec` step, so the standard library can use
+    /// `posix_spawn` (vfork speed); it gets its own process group (a terminal's Ctrl-C for the
+    /// owner's group does not reach it) and ignores SIGINT and SIGHUP itself.
     pub fn spawn(name: &str) -> Result<Watchdog> {
         let bin = binary_path().filter(|p| p.is_file()).ok_or_else(|| {
             WgError::setup(
@@ -101,34 +107,44 @@ impl Watchdog {
             .arg(owner::my_start_time().to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        // SAFETY: setsid and signal are async-signal-safe. A new session keeps a terminal's
-        // Ctrl-C or hang-up (meant for the owner) from killing the watchdog with it.
-        unsafe {
-            command.pre_exec(|| {
-                libc::setsid();
-                libc::signal(libc::SIGINT, libc::SIG_IGN);
-                libc::signal(libc::SIGHUP, libc::SIG_IGN);
-                Ok(())
-            });
-        }
+            .stderr(Stdio::null())
+            .process_group(0);
         let mut child = command.spawn().map_err(|e| {
             WgError::setup("watchdog", format!("cannot start {}: {e}", bin.display()))
         })?;
         let stdin = child.stdin.take().expect("piped");
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
-        let ready = readable(stdout.get_ref().as_raw_fd(), READY_BOUND)
-            && read_line(&mut stdout).as_deref() == Some("READY");
-        if !ready {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(WgError::setup("watchdog", "the watchdog did not start"));
-        }
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
         Ok(Watchdog {
             pid: child.id(),
             child: Mutex::new(child),
             io: Mutex::new(Some((stdin, stdout))),
+            confirmed: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Wait (bounded) for the watchdog's `READY`: it runs and watches its owner. Idempotent.
+    pub fn confirm(&self) -> Result<()> {
+        let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        match io.as_mut() {
+            Some((_, stdout)) => self.read_ready(stdout),
+            None => Err(WgError::setup("watchdog", "the watchdog is gone")),
+        }
+    }
+
+    fn read_ready(&self, stdout: &mut BufReader<ChildStdout>) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.confirmed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let ready = (!stdout.buffer().is_empty()
+            || readable(stdout.get_ref().as_raw_fd(), READY_BOUND))
+            && read_line(stdout).as_deref() == Some("READY");
+        if ready {
+            self.confirmed.store(true, Ordering::Release);
+            Ok(())
+        } else {
+            Err(WgError::setup("watchdog", "the watchdog did not start"))
+        }
     }
 
     /// The tunnel is gone: tell the watchdog to exit without cleaning, and reap it.
@@ -160,7 +176,11 @@ impl cmd::Delegate for Watchdog {
         let Some((stdin, stdout)) = io.as_mut() else {
             return cmd::run_local(program, args, input, timeout);
         };
-        match Self::ask(stdin, stdout, program, args, input, timeout) {
+        let asked = match self.read_ready(stdout) {
+            Ok(()) => Self::ask(stdin, stdout, program, args, input, timeout),
+            Err(e) => Err(Lost(e.to_string())),
+        };
+        match asked {
             Ok(answer) => answer,
             Err(Lost(why)) => {
                 // A killed (or wedged) watchdog must not strand the tunnel: forget it and do
@@ -323,6 +343,13 @@ pub fn main(args: &[String]) -> i32 {
     if crate::config::validate_interface_name(name).is_err() {
         eprintln!("{BINARY}: invalid interface name");
         return 2;
+    }
+    // A terminal's Ctrl-C or hang-up is meant for the owner (the owner spawned us in a
+    // process group of our own; this covers signals sent to us by name as well).
+    // SAFETY: setting signal dispositions at startup, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
