@@ -73,9 +73,11 @@ export declare function connectConfigFile(confPath: string, options?: ConnectOpt
  */
 export interface ConnectOptions {
   /**
-   * Called at each step of bring-up: `validate`, `preflight`, `config-dir`, `converge`
-   * (only when a leftover was removed), `write-config`, `interface-up`, `kernel-ready`,
-   * `dns` (full tunnel), `ready`.
+   * Called at each step of bring-up: `validate`, `preflight`, `state-dir` (the namespace's
+   * state directory), `sweep` (only when dead owners' leftovers were removed), `converge`
+   * (only when a leftover of the same name was removed), `owner-record`, `write-config`
+   * (wg-quick backend only), `interface-up`, `routing` (embedded backend), `kernel-ready`,
+   * `dns` (when DNS is applied), `ready`.
    */
   onProgress?: (step: string, detail: string) => void
   /**

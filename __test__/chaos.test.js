@@ -32,8 +32,8 @@ after(() => tb && tb.down())
 // pipe, written synchronously, so every event it wrote is read even after the kill).
 // Progress events reach JavaScript a little after Rust reports them: the phase is the one the
 // agent's JavaScript had seen, possibly one step behind the native code.
-const BEFORE = new Set(['validate', 'preflight', 'config-dir', 'sweep', 'converge'])
-const DURING = new Set(['owner-record', 'write-config', 'interface-up', 'kernel-ready', 'dns'])
+const BEFORE = new Set(['validate', 'preflight', 'state-dir', 'sweep', 'converge'])
+const DURING = new Set(['owner-record', 'write-config', 'interface-up', 'routing', 'kernel-ready', 'dns'])
 function phaseOf(events, exit) {
   if (exit.signal !== 'SIGKILL') return 'after exit (kill missed)'
   const last = events[events.length - 1]

@@ -47,7 +47,7 @@ test('full tunnel: traffic and DNS go through the tunnel, disconnect leaves noth
     steps,
     embedded
       ? ['validate', 'preflight', 'state-dir', 'owner-record', 'interface-up', 'routing', 'kernel-ready', 'dns', 'ready']
-      : ['validate', 'preflight', 'config-dir', 'owner-record', 'write-config', 'interface-up', 'kernel-ready', 'dns', 'ready'],
+      : ['validate', 'preflight', 'state-dir', 'owner-record', 'write-config', 'interface-up', 'kernel-ready', 'dns', 'ready'],
   )
   const fetched = await a.next('fetch')
   assert.equal(fetched.ok, true, JSON.stringify(fetched))

@@ -145,9 +145,11 @@ pub fn init(_exports: Object, env: Env) -> Result<()> {
 #[allow(dead_code)]
 #[napi(object, object_to_js = false)]
 pub struct ConnectOptions {
-    /// Called at each step of bring-up: `validate`, `preflight`, `config-dir`, `converge`
-    /// (only when a leftover was removed), `write-config`, `interface-up`, `kernel-ready`,
-    /// `dns` (full tunnel), `ready`.
+    /// Called at each step of bring-up: `validate`, `preflight`, `state-dir` (the namespace's
+    /// state directory), `sweep` (only when dead owners' leftovers were removed), `converge`
+    /// (only when a leftover of the same name was removed), `owner-record`, `write-config`
+    /// (wg-quick backend only), `interface-up`, `routing` (embedded backend), `kernel-ready`,
+    /// `dns` (when DNS is applied), `ready`.
     #[napi(ts_type = "(step: string, detail: string) => void")]
     pub on_progress: Option<()>,
     /// Which backend brings the tunnel up: `auto` (the default, or `BLUE_WG_BACKEND`):

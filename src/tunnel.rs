@@ -159,7 +159,7 @@ pub fn connect(
     // (root-only, per namespace): no other user can pre-create or watch it, and agents in
     // other namespaces never see it. The native backends write no key file at all.
     let conf: PathBuf = state.file(&format!("{name}.conf"));
-    mark("config-dir", &state.path.to_string_lossy(), &mut steps);
+    mark("state-dir", &state.path.to_string_lossy(), &mut steps);
     // Whoever owned the name before (nobody, a dead owner, a forged record): an interface of
     // that name that is not WireGuard is never replaced.
     if netdev::exists(&name) && !netdev::is_wireguard(&name) {
