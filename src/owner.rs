@@ -78,6 +78,21 @@ pub fn start_time(pid: u32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
+/// True while the process `pid` that started at `start` is exiting: its thread-group leader
+/// is already a zombie (so it counts as dead), and its other threads may still hold its
+/// descriptors (a tun, a claim's socket) for a moment.
+pub fn dying(pid: u32, start: u64) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(end) = stat.rfind(')') else {
+        return false;
+    };
+    let fields: Vec<&str> = stat[end + 1..].split_whitespace().collect();
+    matches!(fields.first(), Some(&"Z") | Some(&"X"))
+        && fields.get(19).and_then(|s| s.parse::<u64>().ok()) == Some(start)
+}
+
 /// True when `pid` is the same live process that started at `start`.
 pub fn alive(pid: u32, start: u64) -> bool {
     start_time(pid) == Some(start)
@@ -286,6 +301,32 @@ pub fn list_classified(dir: &StateDir) -> Vec<Owner> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_killed_process_is_dying_until_reaped_and_never_alive() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let start = start_time(pid).expect("the child runs");
+        assert!(alive(pid, start));
+        assert!(!dying(pid, start));
+        child.kill().unwrap();
+        // Not reaped yet: a zombie, dead but still exiting as far as its pid goes.
+        let zombie = crate::cmd::wait_until(std::time::Duration::from_secs(5), || {
+            start_time(pid).is_none().then_some(())
+        });
+        assert!(zombie.is_some());
+        assert!(!alive(pid, start));
+        assert!(dying(pid, start));
+        assert!(
+            !dying(pid, start + 1),
+            "another start time is another process"
+        );
+        child.wait().unwrap();
+        assert!(!dying(pid, start));
+    }
 
     #[test]
     fn a_record_round_trips_and_identifies_this_process() {

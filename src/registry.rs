@@ -174,6 +174,19 @@ pub fn is_own_native(name: &str) -> bool {
     get(name).is_some_and(|a| a.backend != backend::wg_quick::NAME)
 }
 
+/// True when the tun `name` is still the dying tunnel of a native backend's dead owner: the
+/// trusted record names a native backend, and its owner is still exiting (a killed
+/// multi-threaded process counts as dead once its main thread is a zombie, while its other
+/// threads still hold the tun). `netdev::is_wireguard` cannot tell such a tun from a foreign
+/// one; its backend's `reap` never deletes a link, it waits for the kernel to remove it with
+/// its owner. Once the owner is gone, a tun of that name is someone else's.
+pub fn is_dying_owners_tun(dir: &StateDir, name: &str) -> bool {
+    let native = |r: &Record| r.backend != backend::wg_quick::NAME && !r.backend.is_empty();
+    crate::netdev::driver(name).as_deref() == Some("tun")
+        && matches!(owner::owner_of(dir, name),
+            Owner::Dead(r) if native(&r) && owner::dying(r.pid, r.start_time))
+}
+
 pub fn get(name: &str) -> Option<Active> {
     lock_mutex(&ACTIVE).iter().find(|a| a.name == name).cloned()
 }
@@ -205,8 +218,19 @@ pub fn is_live(dir: &StateDir, name: &str) -> bool {
 /// tunnel has a watchdog, its commands run through it, so a death mid-teardown is finished by
 /// the watchdog. Never fails.
 pub fn cleanup_locked(dir: &StateDir, name: &str, conf: Option<&Path>) -> TeardownReport {
+    cleanup_locked_as(dir, name, conf, None)
+}
+
+/// `cleanup_locked`, with `fallback` standing in for the ownership record when there is none
+/// (the watchdog's knowledge of its tunnel, after its state directory was removed).
+fn cleanup_locked_as(
+    dir: &StateDir,
+    name: &str,
+    conf: Option<&Path>,
+    fallback: Option<Record>,
+) -> TeardownReport {
     let active = get(name);
-    let record = owner::read(dir, name);
+    let record = owner::read(dir, name).or(fallback);
     // The key file we wrote for this tunnel (in the state directory), whatever file the
     // caller names for step 1 of the teardown.
     let own_conf = active
@@ -301,7 +325,7 @@ pub fn teardown_named(name: &str, conf: Option<&Path>) -> TeardownReport {
     if get(name).is_some() {
         return cleanup_locked(&dir, name, conf);
     }
-    if let Some(pid) = claimed_elsewhere(name) {
+    if let Some(pid) = claimed_by_other(&dir, name) {
         return TeardownReport::refused(
             name,
             &format!("{name} belongs to live process {pid}; it was left alone"),
@@ -422,7 +446,12 @@ pub fn cleanup_env(owner: u64) -> Vec<TeardownReport> {
 /// The watchdog's work once its owner `pid`/`start` is gone: with the name's lock (the dead
 /// owner's is released by the kernel), and only if the record still names that dead owner
 /// (a new owner may have taken the name).
-pub fn cleanup_dead_owner(name: &str, pid: u32, start: u64) -> Option<TeardownReport> {
+pub fn cleanup_dead_owner(
+    name: &str,
+    pid: u32,
+    start: u64,
+    known: &crate::watchdog::Known,
+) -> Option<TeardownReport> {
     let dir = match StateDir::existing() {
         Ok(Some(d)) => d,
         Ok(None) => StateDir::create().ok()?,
@@ -442,9 +471,30 @@ pub fn cleanup_dead_owner(name: &str, pid: u32, start: u64) -> Option<TeardownRe
         // The state directory was removed while the tunnel was up (its record with it), and
         // made anew by us or by another agent: the tunnel this watchdog was started for is
         // still its dead owner's (we hold the name's lock and no live agent claims the name),
-        // so it goes. DNS comes back from the copy inside the rewritten resolv.conf.
-        Owner::Nobody if crate::netdev::exists(name) && claimed_elsewhere(name).is_none() => {
-            Some(cleanup_locked(&dir, name, None))
+        // so it goes. DNS comes back from the copy inside the rewritten resolv.conf. A
+        // wg-quick interface is still there to show it. An embedded tun died with its owner:
+        // its DNS and rules go by what the watchdog knows (its backend and table), only if
+        // the directory it started with was really removed (else whoever removed the record
+        // cleaned up already) and never for a table that a live record names.
+        Owner::Nobody if claimed_by_other_than(name, pid, start).is_none() => {
+            if known.backend == backend::embedded::NAME && known.state_dir_removed() {
+                let live_tables: Vec<u32> = owner::list_classified(&dir)
+                    .into_iter()
+                    .filter_map(|o| match o {
+                        Owner::Me(r) | Owner::Alive(r) => r.table,
+                        _ => None,
+                    })
+                    .collect();
+                let mut rec = Record::orphan(name, Path::new(""));
+                rec.backend = known.backend.clone();
+                rec.table = known.table.filter(|t| !live_tables.contains(t));
+                rec.full_tunnel = known.table.is_some();
+                Some(cleanup_locked_as(&dir, name, None, Some(rec)))
+            } else if crate::netdev::exists(name) {
+                Some(cleanup_locked(&dir, name, None))
+            } else {
+                None
+            }
         }
         _ => None,
     }
@@ -511,11 +561,28 @@ pub fn claimed_elsewhere(name: &str) -> Option<u32> {
         .map(|(pid, _)| pid)
 }
 
+/// `claimed_elsewhere`, except for a claim still held by the dead owner that `name`'s record
+/// in `dir` names, while it is exiting (see `claimed_by_other_than`).
+pub fn claimed_by_other(dir: &StateDir, name: &str) -> Option<u32> {
+    match owner::owner_of(dir, name) {
+        Owner::Dead(r) => claimed_by_other_than(name, r.pid, r.start_time),
+        _ => claimed_elsewhere(name),
+    }
+}
+
+/// `claimed_elsewhere`, except for a claim still held by the dead owner (`pid`, `start`)
+/// itself: a killed multi-threaded process shows as a zombie (so as dead) while its other
+/// threads are still exiting and its descriptors, the claim's socket among them, are not
+/// closed yet.
+fn claimed_by_other_than(name: &str, pid: u32, start: u64) -> Option<u32> {
+    claimed_elsewhere(name).filter(|p| *p != pid || !owner::dying(pid, start))
+}
+
 /// A dead owner's tunnel (caller holds its name lock): the cleanup routine, then the caller's
 /// own config file the record names (`connectConfigFile`), which its owner can no longer
 /// remove: only `<name>.conf`, and only if trusted.
 fn reap_dead(dir: &StateDir, r: &owner::Record) -> TeardownReport {
-    if let Some(pid) = claimed_elsewhere(&r.name) {
+    if let Some(pid) = claimed_by_other_than(&r.name, r.pid, r.start_time) {
         // A live agent whose state lives elsewhere has the name now: the dead owner's record
         // goes, its tunnel (now the other agent's) stays.
         owner::remove(dir, &r.name);

@@ -161,8 +161,13 @@ pub fn connect(
     let conf: PathBuf = state.file(&format!("{name}.conf"));
     mark("state-dir", &state.path.to_string_lossy(), &mut steps);
     // Whoever owned the name before (nobody, a dead owner, a forged record): an interface of
-    // that name that is not WireGuard is never replaced.
-    if netdev::exists(&name) && !netdev::is_wireguard(&name) {
+    // that name that is not WireGuard is never replaced. The embedded tun of an owner that
+    // is still exiting (a plain tun, which its backend's reap never deletes, only waits for)
+    // is converged over instead.
+    if netdev::exists(&name)
+        && !netdev::is_wireguard(&name)
+        && !registry::is_dying_owners_tun(&state, &name)
+    {
         return Err(WgError::NotWireGuard {
             driver: netdev::driver(&name).unwrap_or_else(|| "unknown".into()),
             name,
@@ -216,12 +221,27 @@ pub fn connect(
         );
     }
 
+    // The full tunnel's table (for a backend that routes it itself): chosen before the
+    // watchdog starts, so the watchdog knows it even if the record is lost (a removed state
+    // directory), and recorded before any rule exists, so whoever reaps it finds them all.
+    let table = if be.routes_full_tunnel() && cfg.full_tunnel() {
+        let taken: Vec<u32> = owner::list_classified(&state)
+            .into_iter()
+            .filter_map(|o| match o {
+                Owner::Me(r) | Owner::Alive(r) => r.table,
+                _ => None,
+            })
+            .collect();
+        Some(crate::routing::pick_table(&taken).map_err(|e| WgError::setup("routing", e))?)
+    } else {
+        None
+    };
     // The watchdog first, then the record naming it: every record has a watchdog, and the
     // record exists before the interface does.
     let watchdog = if std::env::var_os("BLUE_WG_NO_WATCHDOG").is_some_and(|v| v == "1") {
         None
     } else {
-        Some(Arc::new(Watchdog::spawn(&name)?))
+        Some(Arc::new(Watchdog::spawn(&name, be.name(), table)?))
     };
     let ipv6 = netdev::ipv6_enabled();
     // The key file (wg-quick only): an empty path in the record means none.
@@ -239,25 +259,7 @@ pub fn connect(
         cfg.dns.iter().map(IpAddr::to_string).collect(),
     );
     record.watchdog_pid = watchdog.as_ref().map(|w| w.pid);
-    if be.routes_full_tunnel() && cfg.full_tunnel() {
-        // Chosen and recorded before any rule exists, so whoever reaps it finds them all.
-        let taken: Vec<u32> = owner::list_classified(&state)
-            .into_iter()
-            .filter_map(|o| match o {
-                Owner::Me(r) | Owner::Alive(r) => r.table,
-                _ => None,
-            })
-            .collect();
-        match crate::routing::pick_table(&taken) {
-            Ok(t) => record.table = Some(t),
-            Err(e) => {
-                if let Some(w) = watchdog {
-                    w.dismiss();
-                }
-                return Err(WgError::setup("routing", e));
-            }
-        }
-    }
+    record.table = table;
     record.source = source.map(std::path::Path::to_path_buf);
     if let Err(e) = owner::claim(&state, &record) {
         if let Some(w) = watchdog {
@@ -492,13 +494,22 @@ pub fn disconnect(name: Option<&str>) -> Result<Option<TeardownReport>> {
     if let Some(Owner::Alive(r)) = state.as_ref().map(|s| owner::owner_of(s, &name)) {
         return Err(WgError::NameInUse { name, pid: r.pid });
     }
-    if exists && !netdev::is_wireguard(&name) {
+    if exists
+        && !netdev::is_wireguard(&name)
+        && !state
+            .as_ref()
+            .is_some_and(|s| registry::is_dying_owners_tun(s, &name))
+    {
         return Err(WgError::NotWireGuard {
             driver: netdev::driver(&name).unwrap_or_else(|| "unknown".into()),
             name,
         });
     }
-    if let Some(pid) = registry::claimed_elsewhere(&name) {
+    let claimed = match &state {
+        Some(s) => registry::claimed_by_other(s, &name),
+        None => registry::claimed_elsewhere(&name),
+    };
+    if let Some(pid) = claimed {
         return Err(WgError::NameInUse { name, pid });
     }
     let Some(state) = state else {

@@ -92,8 +92,10 @@ impl Watchdog {
     /// starts while the tunnel comes up, and `confirm` (or its first command) waits for its
     /// `READY`. Spawned without a `pre_exec` step, so the standard library can use
     /// `posix_spawn` (vfork speed); it gets its own process group (a terminal's Ctrl-C for the
-    /// owner's group does not reach it) and ignores SIGINT and SIGHUP itself.
-    pub fn spawn(name: &str) -> Result<Watchdog> {
+    /// owner's group does not reach it) and ignores SIGINT and SIGHUP itself. `backend` and
+    /// `table` (the full tunnel's routing table, for a backend that routes it itself) tell it
+    /// what to remove should the ownership record be lost with a removed state directory.
+    pub fn spawn(name: &str, backend: &str, table: Option<u32>) -> Result<Watchdog> {
         let bin = binary_path().filter(|p| p.is_file()).ok_or_else(|| {
             WgError::setup(
                 "watchdog",
@@ -105,6 +107,8 @@ impl Watchdog {
             .arg(name)
             .arg(owner::my_pid().to_string())
             .arg(owner::my_start_time().to_string())
+            .arg(backend)
+            .arg(table.map(|t| t.to_string()).unwrap_or_else(|| "-".into()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -329,7 +333,38 @@ fn write_answer(w: &mut impl Write, result: std::result::Result<Output, String>)
     let _ = w.write_all(&frame).and_then(|_| w.flush());
 }
 
-/// The watchdog process: `blue-wg-watchdog <name> <owner pid> <owner start time>`.
+/// What the watchdog knows of its tunnel besides its name: used only when the ownership
+/// record is gone because the state directory was removed under the tunnel.
+#[derive(Default)]
+pub struct Known {
+    /// The backend that brings the tunnel up (empty: unknown, i.e. wg-quick).
+    pub backend: String,
+    /// The full tunnel's routing table, for a backend that routes it itself.
+    pub table: Option<u32>,
+    /// The state directory as it was when the watchdog started, held open: once removed, its
+    /// link count is 0 (a record missing from a directory that is still there was removed by
+    /// whoever cleaned up first, and then there is nothing left to do).
+    pub state_dir: Option<crate::state::StateDir>,
+}
+
+impl Known {
+    /// The state directory the watchdog started with was removed (or could not be opened).
+    pub fn state_dir_removed(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(dir) = &self.state_dir else {
+            return true;
+        };
+        let Ok(fd) = dir.fd.try_clone() else {
+            return true;
+        };
+        std::fs::File::from(fd)
+            .metadata()
+            .map_or(true, |m| m.nlink() == 0)
+    }
+}
+
+/// The watchdog process:
+/// `blue-wg-watchdog <name> <owner pid> <owner start time> [<backend> [<table> | -]]`.
 /// Returns the process exit code.
 pub fn main(args: &[String]) -> i32 {
     let (Some(name), Some(pid), Some(start)) = (
@@ -337,13 +372,22 @@ pub fn main(args: &[String]) -> i32 {
         args.get(1).and_then(|p| p.parse::<u32>().ok()),
         args.get(2).and_then(|s| s.parse::<u64>().ok()),
     ) else {
-        eprintln!("usage: {BINARY} <interface> <owner pid> <owner start time>");
+        eprintln!(
+            "usage: {BINARY} <interface> <owner pid> <owner start time> [<backend> [<table>]]"
+        );
         return 2;
     };
     if crate::config::validate_interface_name(name).is_err() {
         eprintln!("{BINARY}: invalid interface name");
         return 2;
     }
+    // Taken while the owner is alive (and before READY): the state directory its tunnel's
+    // record is in.
+    let known = Known {
+        backend: args.get(3).cloned().unwrap_or_default(),
+        table: args.get(4).and_then(|t| t.parse::<u32>().ok()),
+        state_dir: crate::state::StateDir::existing().ok().flatten(),
+    };
     // A terminal's Ctrl-C or hang-up is meant for the owner (the owner spawned us in a
     // process group of our own; this covers signals sent to us by name as well).
     // SAFETY: setting signal dispositions at startup, before any thread exists.
@@ -378,6 +422,39 @@ pub fn main(args: &[String]) -> i32 {
     {
         return 0; // still alive: not ours to clean
     }
-    crate::registry::cleanup_dead_owner(name, pid, start);
+    crate::registry::cleanup_dead_owner(name, pid, start, &known);
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Netns, StateDir};
+
+    #[test]
+    fn a_removed_state_dir_is_told_from_one_still_there() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("net-1");
+        std::fs::create_dir(&path).unwrap();
+        let fd = std::fs::File::open(&path).unwrap().into();
+        let netns = Netns {
+            inode: 1,
+            cookie: 0,
+        };
+        let known = Known {
+            backend: "embedded".into(),
+            table: Some(51820),
+            state_dir: Some(StateDir {
+                path: path.clone(),
+                fd,
+                netns,
+            }),
+        };
+        assert!(!known.state_dir_removed());
+        std::fs::remove_dir(&path).unwrap();
+        // Made anew under the same path: still the old one's removal that counts.
+        std::fs::create_dir(&path).unwrap();
+        assert!(known.state_dir_removed());
+        assert!(Known::default().state_dir_removed());
+    }
 }
