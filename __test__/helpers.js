@@ -253,7 +253,29 @@ async function killAgent(a) {
   await a.exited
 }
 
+// ------------------------------------------------------------------------------ backends
+
+/** The backend a test gets without asking: the run's BLUE_WG_BACKEND, else the embedded one
+ *  (what 'auto' picks on the testbed). */
+const DEFAULT_BACKEND = ['embedded', 'wg-quick'].includes(process.env.BLUE_WG_BACKEND) ? process.env.BLUE_WG_BACKEND : 'embedded'
+
+/** The backends a general promise is checked for: the run's default first, then the other. */
+const BACKENDS = [DEFAULT_BACKEND, DEFAULT_BACKEND === 'embedded' ? 'wg-quick' : 'embedded']
+
+/**
+ * The first testbed client (key) a test run for `backend` uses: 0 for the run's default
+ * backend (the keys the suite's other tests use too), `spare` for the other one. A node
+ * accepts a handshake only with a timestamp later than the last one it saw from that key,
+ * and gotatun's timestamps run 27 s ahead of wireguard-go's (TAI64N base 2^62 + 37 vs
+ * + 10): right after an embedded tunnel, a wireguard-go one with the same key cannot
+ * complete a handshake for 27 s. So the two backends never share a key within a testbed.
+ */
+function clientBase(backend, spare) {
+  return backend === DEFAULT_BACKEND ? 0 : spare
+}
+
 module.exports = {
+  DEFAULT_BACKEND, BACKENDS, clientBase,
   tmpdir, startAgent, runAgent, linkExists, assertClean, resolvConfPath, SIGNUM,
   sleep, nsInode, procState, procGone, procStartTime, procStatus, nsProcesses, ifindex, leftovers, waitClean,
   renderRecord, parseRecord, killAgent, stateDir, stateFiles, allStateFiles,

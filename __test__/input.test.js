@@ -11,7 +11,7 @@ const fs = require('node:fs')
 const path = require('node:path')
 
 const testbed = require('../testbed')
-const { tmpdir, assertClean } = require('./helpers.js')
+const { tmpdir, assertClean, clientBase } = require('./helpers.js')
 const { runProbe } = require('./fixtures/probe-run.js')
 
 const REPO = path.join(__dirname, '..')
@@ -23,7 +23,7 @@ let NAME
 let baselineLinks
 
 before(async () => {
-  tb = await testbed.up({ nclients: 1 })
+  tb = await testbed.up({ nclients: 2 }) // client 1: the second backend's key (helpers.clientBase)
   NAME = `${tb.prefix}c`
   const r = await tb.execCli('ip', ['-o', 'link', 'show'])
   baselineLinks = linkNames(r.stdout)
@@ -251,7 +251,7 @@ test('hostile input is refused with INVALID_OPTIONS naming the field; nothing is
 // ------------------------------------------------------------------------- config dir attacks
 
 test('an unsafe config dir is refused with WG_CONFIG_DIR_UNSAFE and no key is written into it', async (t) => {
-  const key = tb.clients[0].privateKey
+  const keys = ['embedded', 'wg-quick'].map((b) => tb.clients[clientBase(b, 1)].privateKey)
   const attacks = [
     {
       what: 'a symlink to another directory',
@@ -324,7 +324,8 @@ test('an unsafe config dir is refused with WG_CONFIG_DIR_UNSAFE and no key is wr
       const extra = a.make(tmp)
       const { byId } = await runProbe(tb, [
         { id: 'p', op: 'prepareConfigDir' },
-        { id: 'c', op: 'connect', args: [validConfig()] },
+        { id: 'c', op: 'connect', args: [tb.tunnelConfig(clientBase('embedded', 1), { name: NAME }), { backend: 'embedded' }] },
+        { id: 'cq', op: 'connect', args: [tb.tunnelConfig(clientBase('wg-quick', 1), { name: NAME }), { backend: 'wg-quick' }] },
       ], { tmp })
       // The directory is refused where it is used: prepareConfigDir(), for the SDK's files.
       const p = byId.get('p')
@@ -334,13 +335,20 @@ test('an unsafe config dir is refused with WG_CONFIG_DIR_UNSAFE and no key is wr
       assert.ok(e.message.includes(path.join(tmp, 'sentinel-wg')), `message does not name the dir: ${e.message}`)
       assert.match(e.message, a.reason)
       assert.match(e.message, /rm -rf .*sentinel-wg|TMPDIR/, `message does not say how to fix it: ${e.message}`)
-      // connect never writes a key there: its key file lives in the namespace's state dir.
+      // connect never writes a key there: the embedded backend writes no key file at all,
+      // the wg-quick backend's lives in the namespace's state dir.
       const r = byId.get('c')
       assert.equal(r.call.ok, true, `connect failed: ${JSON.stringify(r.call.error)}`)
-      assert.match(r.call.value.configPath, /^\/run\/blue-wireguard\/net-\d+\//, r.call.value.configPath)
+      assert.equal(r.call.value.backend, 'embedded')
+      assert.equal(r.call.value.configPath, undefined, r.call.value.configPath)
       assert.equal(r.undone?.gone, true, `disconnect: ${JSON.stringify(r.undone)}`)
+      const q = byId.get('cq')
+      assert.equal(q.call.ok, true, `connect (wg-quick) failed: ${JSON.stringify(q.call.error)}`)
+      assert.equal(q.call.value.backend, 'wg-quick')
+      assert.match(q.call.value.configPath, /^\/run\/blue-wireguard\/net-\d+\//, q.call.value.configPath)
+      assert.equal(q.undone?.gone, true, `disconnect (wg-quick): ${JSON.stringify(q.undone)}`)
       a.check(tmp, extra)
-      assertNoKeyIn([tmp, ...extra], key, a.what)
+      for (const key of keys) assertNoKeyIn([tmp, ...extra], key, a.what)
     })
   }
   assert.deepEqual(await cliLinks(), baselineLinks, 'an interface was created in the cli ns')

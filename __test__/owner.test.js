@@ -13,6 +13,7 @@ const testbed = require('../testbed')
 const {
   tmpdir, startAgent, assertClean, resolvConfPath, sleep, procGone, procStartTime, procStatus,
   nsProcesses, ifindex, waitClean, renderRecord, parseRecord, killAgent, stateDir, stateFiles,
+  BACKENDS, clientBase,
 } = require('./helpers')
 const { runProbe } = require('./fixtures/probe-run.js')
 
@@ -24,7 +25,8 @@ let cliNetns
 
 before(async () => {
   // 'auto' picks wgsentN: let down() remove their stale wireguard-go sockets.
-  tb = await testbed.up({ nclients: 2, clientIfnames: ['wgsent0', 'wgsent1', 'wgsent2'] })
+  // Clients 2 and 3: the second backend's keys (helpers.clientBase).
+  tb = await testbed.up({ nclients: 4, clientIfnames: ['wgsent0', 'wgsent1', 'wgsent2'] })
   original = fs.readFileSync(resolvConfPath(tb), 'utf8')
   // The namespace id the addon stores in records: /proc/self/ns/net of a process inside.
   const r = await tb.execCli('stat', ['-L', '-c', '%i', '/proc/self/ns/net'])
@@ -64,46 +66,51 @@ function stateListing(name) {
   return all.filter((f) => f.startsWith(`${name}.`) || f === 'resolv.orig').sort()
 }
 
-test('watchdog: a SIGKILLed owner leaves nothing behind within 1 s, without a new process', async (t) => {
-  const tmp = tmpdir(t)
-  const name = `${tb.prefix}c`
-  const { a, info } = await connected(t, {
-    config: tb.tunnelConfig(0, { allowedIps: FULL, name }),
-    fetch: [url()],
-    then: 'wait',
-  }, { tmp })
-  assert.equal((await a.next('fetch')).ok, true)
-  await a.next('waiting')
-  // What there is to clean: DNS, key file, record, the watchdog. The key file, the record, the
-  // lock, the tunnel's DNS entry and the saved original resolv.conf are in the namespace's
-  // state dir (not in TMPDIR).
-  assert.match(fs.readFileSync(resolvConfPath(tb), 'utf8'), /nameserver 10\.8\.0\.1/)
-  const dir = stateDir(tb)
-  assert.deepEqual(stateListing(name), [`${name}.conf`, `${name}.dns`, `${name}.lock`, `${name}.owner`, 'resolv.orig'])
-  assert.equal(info.configPath, path.join(dir, `${name}.conf`))
-  const rec = parseRecord(fs.readFileSync(path.join(stateDir(tb), `${name}.owner`), 'utf8'))
-  assert.equal(rec.pid, String(a.child.pid))
-  assert.equal(rec.watchdog_pid, String(info.watchdogPid))
-  assert.equal(rec.netns, cliNetns)
-  assert.match(rec.netns_cookie, /^[1-9]\d*$/, 'the record names the namespace by its cookie too')
-  assert.equal(rec.conf_path, path.join(dir, `${name}.conf`))
-  assert.equal(procGone(info.watchdogPid), false)
+for (const backend of BACKENDS) {
+  test(`watchdog: a SIGKILLed owner leaves nothing behind within 1 s, without a new process (${backend})`, async (t) => {
+    const tmp = tmpdir(t)
+    const name = `${tb.prefix}c`
+    const { a, info } = await connected(t, {
+      config: tb.tunnelConfig(clientBase(backend, 2), { allowedIps: FULL, name }),
+      fetch: [url()],
+      then: 'wait',
+    }, { tmp, env: { BLUE_WG_BACKEND: backend } })
+    assert.equal(info.backend, backend)
+    assert.equal((await a.next('fetch')).ok, true)
+    await a.next('waiting')
+    // What there is to clean: DNS, rules, key file (wg-quick only), record, the watchdog. The
+    // key file, the record, the lock, the tunnel's DNS entry and the saved original resolv.conf
+    // are in the namespace's state dir (not in TMPDIR).
+    assert.match(fs.readFileSync(resolvConfPath(tb), 'utf8'), /nameserver 10\.8\.0\.1/)
+    const dir = stateDir(tb)
+    const keyFile = backend === 'wg-quick' ? path.join(dir, `${name}.conf`) : undefined
+    assert.deepEqual(stateListing(name), [...(keyFile ? [`${name}.conf`] : []), `${name}.dns`, `${name}.lock`, `${name}.owner`, 'resolv.orig'])
+    assert.equal(info.configPath, keyFile)
+    const rec = parseRecord(fs.readFileSync(path.join(stateDir(tb), `${name}.owner`), 'utf8'))
+    assert.equal(rec.pid, String(a.child.pid))
+    assert.equal(rec.watchdog_pid, String(info.watchdogPid))
+    assert.equal(rec.netns, cliNetns)
+    assert.match(rec.netns_cookie, /^[1-9]\d*$/, 'the record names the namespace by its cookie too')
+    assert.equal(rec.backend, backend)
+    assert.equal(rec.conf_path, keyFile ?? '')
+    assert.equal(procGone(info.watchdogPid), false)
 
-  const t0 = performance.now()
-  a.child.kill('SIGKILL')
-  const r = await waitClean(tb, { t0, boundMs: 3000, names: [name], tmp, original })
-  t.diagnostic(`SIGKILL -> clean state: ${r.ms.toFixed(1)} ms`)
-  const seen = { ...r.seen, node: (r.seen.node || []).filter((p) => p !== a.child.pid) }
-  if (!seen.node.length) delete seen.node
-  t.diagnostic(`processes met in the namespace meanwhile (the dead owner aside): ${JSON.stringify(seen)}`)
-  assert.ok(r.clean, `not clean after ${r.ms.toFixed(0)} ms: ${r.problems.join('; ')}`)
-  assert.ok(r.ms < 1000, `took ${r.ms.toFixed(0)} ms`)
-  // Only the watchdog and what it runs did the work: no process of the app (node) started.
-  assert.deepEqual(seen.node, undefined, 'a node process ran in the namespace')
-  assert.equal((await a.exited).signal, 'SIGKILL')
-  assert.equal(procGone(info.watchdogPid), true, 'the watchdog exits after cleaning')
-  await assertClean(tb, name, tmp, original)
-})
+    const t0 = performance.now()
+    a.child.kill('SIGKILL')
+    const r = await waitClean(tb, { t0, boundMs: 3000, names: [name], tmp, original })
+    t.diagnostic(`SIGKILL -> clean state: ${r.ms.toFixed(1)} ms`)
+    const seen = { ...r.seen, node: (r.seen.node || []).filter((p) => p !== a.child.pid) }
+    if (!seen.node.length) delete seen.node
+    t.diagnostic(`processes met in the namespace meanwhile (the dead owner aside): ${JSON.stringify(seen)}`)
+    assert.ok(r.clean, `not clean after ${r.ms.toFixed(0)} ms: ${r.problems.join('; ')}`)
+    assert.ok(r.ms < 1000, `took ${r.ms.toFixed(0)} ms`)
+    // Only the watchdog and what it runs did the work: no process of the app (node) started.
+    assert.deepEqual(seen.node, undefined, 'a node process ran in the namespace')
+    assert.equal((await a.exited).signal, 'SIGKILL')
+    assert.equal(procGone(info.watchdogPid), true, 'the watchdog exits after cleaning')
+    await assertClean(tb, name, tmp, original)
+  })
+}
 
 test('watchdog: a separate small process while up, gone right after a normal disconnect', async (t) => {
   const tmp = tmpdir(t)
@@ -140,59 +147,65 @@ test('watchdog: a separate small process while up, gone right after a normal dis
   await assertClean(tb, name, tmp, original)
 })
 
-test("two live agents with name 'auto': one is SIGKILLed, the other's tunnel passes traffic throughout", async (t) => {
-  const tmp = tmpdir(t) // one TMPDIR for both (their records are the namespace's either way)
-  // Split tunnels with distinct routes (two /32 routes to one host on two links would clash).
-  const A = await connected(t, {
-    config: tb.tunnelConfig(0, { allowedIps: ['10.8.0.1/32'], name: 'auto' }),
-    fetch: ['http://10.8.0.1/'],
-    then: 'wait',
-  }, { tmp })
-  assert.equal(A.info.name, 'wgsent0')
-  assert.equal(JSON.parse((await A.a.next('fetch')).body).client, '10.8.0.2')
-  const B = await connected(t, {
-    config: tb.tunnelConfig(1, { allowedIps: [`${tb.httpTunnelHost}/32`], name: 'auto' }),
-    fetch: [url()],
-    fetchLoop: { url: url(), everyMs: 20, maxMs: 30_000 },
-    then: 'disconnect',
-  }, { tmp })
-  assert.equal(B.info.name, 'wgsent1')
-  assert.equal(JSON.parse((await B.a.next('fetch')).body).client, '10.8.0.3')
-  await B.a.next('fetch-loop-started')
-  const indexB = await ifindex(tb, 'wgsent1')
-  assert.ok(indexB > 0)
-  const wgGoB = nsProcesses(tb).filter((p) => /wireguard-go.*wgsent1/.test(p.cmdline)).map((p) => p.pid)
-  const keepPids = [B.a.child.pid, B.info.watchdogPid, ...wgGoB]
-  await sleep(200)
+for (const backend of BACKENDS) {
+  test(`two live agents with name 'auto': one is SIGKILLed, the other's tunnel passes traffic throughout (${backend})`, async (t) => {
+    const tmp = tmpdir(t) // one TMPDIR for both (their records are the namespace's either way)
+    const env = { BLUE_WG_BACKEND: backend }
+    const c = clientBase(backend, 2)
+    // Split tunnels with distinct routes (two /32 routes to one host on two links would clash).
+    const A = await connected(t, {
+      config: tb.tunnelConfig(c, { allowedIps: ['10.8.0.1/32'], name: 'auto' }),
+      fetch: ['http://10.8.0.1/'],
+      then: 'wait',
+    }, { tmp, env })
+    assert.equal(A.info.name, 'wgsent0')
+    assert.equal(A.info.backend, backend)
+    assert.equal(JSON.parse((await A.a.next('fetch')).body).client, `10.8.0.${c + 2}`)
+    const B = await connected(t, {
+      config: tb.tunnelConfig(c + 1, { allowedIps: [`${tb.httpTunnelHost}/32`], name: 'auto' }),
+      fetch: [url()],
+      fetchLoop: { url: url(), everyMs: 20, maxMs: 30_000 },
+      then: 'disconnect',
+    }, { tmp, env })
+    assert.equal(B.info.name, 'wgsent1')
+    assert.equal(JSON.parse((await B.a.next('fetch')).body).client, `10.8.0.${c + 3}`)
+    await B.a.next('fetch-loop-started')
+    const indexB = await ifindex(tb, 'wgsent1')
+    assert.ok(indexB > 0)
+    const wgGoB = nsProcesses(tb).filter((p) => /wireguard-go.*wgsent1/.test(p.cmdline)).map((p) => p.pid)
+    const keepPids = [B.a.child.pid, B.info.watchdogPid, ...wgGoB]
+    await sleep(200)
 
-  const t0 = performance.now()
-  A.a.child.kill('SIGKILL')
-  const r = await waitClean(tb, { t0, boundMs: 3000, names: ['wgsent0'], files: 'named', tmp, original, keepPids })
-  t.diagnostic(`A SIGKILLed -> wgsent0 and its record gone in ${r.ms.toFixed(1)} ms`)
-  assert.ok(r.clean, r.problems.join('; '))
-  assert.ok(r.ms < 1000, `took ${r.ms.toFixed(0)} ms`)
-  assert.equal(procGone(A.info.watchdogPid), true)
+    const t0 = performance.now()
+    A.a.child.kill('SIGKILL')
+    const r = await waitClean(tb, { t0, boundMs: 3000, names: ['wgsent0'], files: 'named', tmp, original, keepPids })
+    t.diagnostic(`A SIGKILLed -> wgsent0 and its record gone in ${r.ms.toFixed(1)} ms`)
+    assert.ok(r.clean, r.problems.join('; '))
+    assert.ok(r.ms < 1000, `took ${r.ms.toFixed(0)} ms`)
+    assert.equal(procGone(A.info.watchdogPid), true)
 
-  // A third process's start-up cleanup sweeps dead owners only.
-  const { byId } = await runProbe(tb, [{ id: 'e', op: 'emergency', n: 1 }], { tmp })
-  assert.deepEqual(byId.get('e').values, [{ removed: [], warnings: [] }])
-  await sleep(200)
-  assert.equal(await ifindex(tb, 'wgsent1'), indexB, "B's interface was replaced or removed")
-  assert.ok(fs.existsSync(path.join(stateDir(tb), 'wgsent1.owner')), "B's record was removed")
-  assert.ok(fs.existsSync(path.join(stateDir(tb), 'wgsent1.conf')), "B's key file was removed")
-  assert.equal(procGone(B.info.watchdogPid), false, "B's watchdog was stopped")
+    // A third process's start-up cleanup sweeps dead owners only.
+    const { byId } = await runProbe(tb, [{ id: 'e', op: 'emergency', n: 1 }], { tmp })
+    assert.deepEqual(byId.get('e').values, [{ removed: [], warnings: [] }])
+    await sleep(200)
+    assert.equal(await ifindex(tb, 'wgsent1'), indexB, "B's interface was replaced or removed")
+    assert.ok(fs.existsSync(path.join(stateDir(tb), 'wgsent1.owner')), "B's record was removed")
+    // The wg-quick backend's key file (the embedded backend writes none).
+    if (backend === 'wg-quick') assert.ok(fs.existsSync(path.join(stateDir(tb), 'wgsent1.conf')), "B's key file was removed")
+    assert.equal(procGone(B.info.watchdogPid), false, "B's watchdog was stopped")
 
-  B.a.child.kill('SIGUSR2')
-  const loop = await B.a.next('fetch-loop')
-  t.diagnostic(`B's fetch loop: ${loop.count} fetches over ${loop.durationMs} ms, ${loop.failures.length} failed, longest gap between successes ${loop.maxGapMs} ms`)
-  assert.deepEqual(loop.failures, [], "B's traffic was interrupted")
-  assert.ok(loop.count >= 20, `only ${loop.count} fetches`)
-  const disc = await B.a.next('disconnected')
-  assert.equal(disc.report.gone, true)
-  assert.equal((await B.a.exited).status, 0)
-  await assertClean(tb, 'wgsent1', tmp, original)
-  await assertClean(tb, 'wgsent0', tmp, original)
-})
+    B.a.child.kill('SIGUSR2')
+    const loop = await B.a.next('fetch-loop')
+    t.diagnostic(`B's fetch loop: ${loop.count} fetches over ${loop.durationMs} ms, ${loop.failures.length} failed, longest gap between successes ${loop.maxGapMs} ms`)
+    assert.deepEqual(loop.failures, [], "B's traffic was interrupted")
+    assert.ok(loop.count >= 20, `only ${loop.count} fetches`)
+    const disc = await B.a.next('disconnected')
+    assert.equal(disc.report.gone, true)
+    assert.equal((await B.a.exited).status, 0)
+    await assertClean(tb, 'wgsent1', tmp, original)
+    await assertClean(tb, 'wgsent0', tmp, original)
+  })
+}
 
 test('explicit-name conflict: the second live process gets WG_NAME_IN_USE naming the owner pid', async (t) => {
   const tmp = tmpdir(t)

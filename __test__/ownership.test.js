@@ -4,8 +4,10 @@
 // removed under a live tunnel (the config dir, the state dir, the whole TMPDIR) does not make its
 // leftovers permanent (8e). Each test checks
 // what a user would: interfaces (and their ifindex), traffic through the tunnel, resolv.conf,
-// policy rules, exit status, elapsed time. The addon only runs in agents and probes inside the
-// testbeds' cli namespaces; this process observes from outside (see helpers.js).
+// policy rules, exit status, elapsed time. These are promises of every backend: each test runs
+// for the embedded and the wg-quick backend (helpers.BACKENDS), with keys of their own. The
+// addon only runs in agents and probes inside the testbeds' cli namespaces; this process
+// observes from outside (see helpers.js).
 const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
@@ -17,17 +19,22 @@ const testbed = require('../testbed')
 const {
   startAgent, runAgent, assertClean, resolvConfPath, linkExists, sleep, procGone, procState,
   nsProcesses, nsInode, ifindex, waitClean, parseRecord, killAgent, stateDir, stateFiles,
+  BACKENDS, clientBase,
 } = require('./helpers')
 const { runProbe } = require('./fixtures/probe-run.js')
 
 const FULL = ['0.0.0.0/0', '::/0']
 const PROBE_PY = path.join(__dirname, '..', 'testbed', 'probe.py')
 const AGENTS = 8 // 4a: concurrent agents (one testbed client key each)
+/** The first client key of the second backend's runs (helpers.clientBase): each general
+ *  promise here is checked for both backends, and they never share a key. */
+const SPARE = AGENTS
+const REPO = path.join(__dirname, '..')
 let tb
 let original
 
 before(async () => {
-  tb = await testbed.up({ nclients: AGENTS })
+  tb = await testbed.up({ nclients: 2 * AGENTS })
   original = fs.readFileSync(resolvConfPath(tb), 'utf8')
 })
 after(() => tb && tb.down())
@@ -60,9 +67,11 @@ function privateWg(x) {
 function reaper(t) {
   const agents = []
   const dirs = []
+  const more = [] // watchdogs of agents that never reported 'connected'
   t.after(async () => {
     await Promise.all(agents.map(killAgent))
     const dogs = agents.map((a) => a.events.find((e) => e.event === 'connected')?.info.watchdogPid).filter(Boolean)
+    dogs.push(...more)
     for (let i = 0; i < 300 && dogs.some((p) => !procGone(p)); i++) await sleep(10)
     for (const d of dirs) fs.rmSync(d, { recursive: true, force: true })
   })
@@ -75,6 +84,9 @@ function reaper(t) {
     agent(a) {
       agents.push(a)
       return a
+    },
+    watchdog(pid) {
+      if (pid > 0) more.push(pid)
     },
   }
 }
@@ -116,161 +128,190 @@ function record(x, name) {
 
 // ------------------------------------------------------------------------------ finding 4
 
-test(`4a: ${AGENTS} agents with different TMPDIRs in one namespace connect 'auto' at once: distinct names, nobody removes another's tunnel, all clean after`, async (t) => {
-  const r = reaper(t)
-  const x = privateWg(tb)
-  const tmps = Array.from({ length: AGENTS }, () => r.tmp())
-  // Routes that do not clash: agent 0 reaches the node, agent 1 the "internet" host, the
-  // others private networks nobody answers on (their tunnels only have to exist). Addresses
-  // are /32: eight 10.8.0.0/24 subnet routes would send 10.8.0.1 through any of the tunnels.
-  const allowed = (i) => (i === 0 ? ['10.8.0.1/32'] : i === 1 ? [`${tb.httpTunnelHost}/32`] : [`10.${100 + i}.0.0/16`])
-  const config = (i) => tb.tunnelConfig(i, { addresses: [`10.8.0.${i + 2}/32`], allowedIps: allowed(i), name: 'auto' })
-  const agents = tmps.map((tmp, i) => r.agent(startAgent(x, { config: config(i), then: 'disconnect-on-sigusr2' }, { tmp })))
-  const t0 = performance.now()
-  const outcomes = await Promise.allSettled(agents.map((a) => a.next('connected', 60_000)))
-  t.diagnostic(`${AGENTS} concurrent connects settled in ${(performance.now() - t0).toFixed(0)} ms`)
-  const failed = outcomes.map((o, i) => o.status === 'rejected' && `agent ${i}: ${o.reason.message}`).filter(Boolean)
-  assert.deepEqual(failed, [], 'every connect succeeds')
-  const infos = outcomes.map((o) => o.value.info)
-  const names = infos.map((i) => i.name)
-  t.diagnostic(`names: ${names.join(' ')}; replacedStale: ${infos.map((i) => i.replacedStale).join(' ')}`)
-  assert.equal(new Set(names).size, AGENTS, `names are not distinct: ${names}`)
-  for (const n of names) assert.match(n, /^wgsent\d+$/)
-  for (const i of infos) assert.equal(i.replacedStale, false, `${i.name}: a connect replaced something`)
-  await Promise.all(agents.map((a) => a.next('waiting')))
-  // The agents' wireguard-go sockets are in their private /run/wireguard (the wrapper works).
-  for (const n of names) assert.equal(fs.existsSync(`/run/wireguard/${n}.sock`), false, `${n}.sock is in the shared /run/wireguard`)
+for (const backend of BACKENDS) {
+  test(`4a: ${AGENTS} agents with different TMPDIRs in one namespace connect 'auto' at once: distinct names, nobody removes another's tunnel, all clean after (${backend})`, async (t) => {
+    const r = reaper(t)
+    const x = privateWg(tb)
+    const tmps = Array.from({ length: AGENTS }, () => r.tmp())
+    const base = clientBase(backend, SPARE)
+    // Routes that do not clash: agent 0 reaches the node, agent 1 the "internet" host, the
+    // others private networks nobody answers on (their tunnels only have to exist). Addresses
+    // are /32: eight 10.8.0.0/24 subnet routes would send 10.8.0.1 through any of the tunnels.
+    const allowed = (i) => (i === 0 ? ['10.8.0.1/32'] : i === 1 ? [`${tb.httpTunnelHost}/32`] : [`10.${100 + i}.0.0/16`])
+    const config = (i) => tb.tunnelConfig(base + i, { addresses: [`10.8.0.${base + i + 2}/32`], allowedIps: allowed(i), name: 'auto' })
+    const env = { BLUE_WG_BACKEND: backend }
+    const agents = tmps.map((tmp, i) => r.agent(startAgent(x, { config: config(i), then: 'disconnect-on-sigusr2' }, { tmp, env })))
+    const t0 = performance.now()
+    const outcomes = await Promise.allSettled(agents.map((a) => a.next('connected', 60_000)))
+    t.diagnostic(`${AGENTS} concurrent connects settled in ${(performance.now() - t0).toFixed(0)} ms`)
+    const failed = outcomes.map((o, i) => o.status === 'rejected' && `agent ${i}: ${o.reason.message}`).filter(Boolean)
+    assert.deepEqual(failed, [], 'every connect succeeds')
+    const infos = outcomes.map((o) => o.value.info)
+    const names = infos.map((i) => i.name)
+    t.diagnostic(`names: ${names.join(' ')}; replacedStale: ${infos.map((i) => i.replacedStale).join(' ')}`)
+    assert.equal(new Set(names).size, AGENTS, `names are not distinct: ${names}`)
+    for (const n of names) assert.match(n, /^wgsent\d+$/)
+    for (const i of infos) assert.equal(i.replacedStale, false, `${i.name}: a connect replaced something`)
+    for (const i of infos) assert.equal(i.backend, backend)
+    await Promise.all(agents.map((a) => a.next('waiting')))
+    // The agents' wireguard-go sockets are in their private /run/wireguard (the wrapper works).
+    for (const n of names) assert.equal(fs.existsSync(`/run/wireguard/${n}.sock`), false, `${n}.sock is in the shared /run/wireguard`)
 
-  const index = {}
-  for (const n of names) {
-    index[n] = await ifindex(tb, n)
-    assert.ok(index[n] > 0, `${n} does not exist while its agent is live`)
-  }
-  names.forEach((n, i) => {
-    const rec = record(tb, n)
-    assert.equal(rec?.pid, String(agents[i].child.pid), `${n}: the record does not name its agent`)
-    assert.equal(rec.conf_path, path.join(stateDir(tb), `${n}.conf`))
-    assert.equal(infos[i].configPath, rec.conf_path)
-    assert.ok(fs.existsSync(rec.conf_path), `${n}: no key file`)
+    const index = {}
+    for (const n of names) {
+      index[n] = await ifindex(tb, n)
+      assert.ok(index[n] > 0, `${n} does not exist while its agent is live`)
+    }
+    // The wg-quick backend's key files are in the state dir; the embedded backend writes none.
+    const keyFiles = backend === 'wg-quick'
+    names.forEach((n, i) => {
+      const rec = record(tb, n)
+      assert.equal(rec?.pid, String(agents[i].child.pid), `${n}: the record does not name its agent`)
+      assert.equal(rec.backend, backend)
+      assert.equal(rec.conf_path, keyFiles ? path.join(stateDir(tb), `${n}.conf`) : '')
+      assert.equal(infos[i].configPath, keyFiles ? rec.conf_path : undefined)
+      if (keyFiles) assert.ok(fs.existsSync(rec.conf_path), `${n}: no key file`)
+    })
+
+    // Another process's start-up cleanup (with agent 0's TMPDIR) removes nothing of theirs.
+    const { byId } = await runProbe(tb, [{ id: 'e', op: 'emergency' }], { tmp: tmps[0] })
+    assert.deepEqual(byId.get('e').values, [{ removed: [], warnings: [] }])
+    const http0 = await httpFrom(tb, 'http://10.8.0.1/')
+    assert.equal(http0.client, `10.8.0.${base + 2}`, `through agent 0's tunnel: ${JSON.stringify(http0)}`)
+    const http1 = await httpFrom(tb, url())
+    assert.equal(http1.client, `10.8.0.${base + 3}`, `through agent 1's tunnel: ${JSON.stringify(http1)}`)
+    await sleep(300)
+    for (const n of names) assert.equal(await ifindex(tb, n), index[n], `${n} was removed or replaced while its agent was live`)
+    if (keyFiles) for (const i of infos) assert.ok(fs.existsSync(i.configPath), `${i.name}: a live agent's key file was swept`)
+
+    // All disconnect at once.
+    for (const a of agents) a.child.kill('SIGUSR2')
+    const reports = await Promise.all(agents.map((a) => a.next('disconnected')))
+    reports.forEach((r, i) => assert.equal(r.report?.gone, true, `${names[i]}: ${JSON.stringify(r.report)}`))
+    const exits = await Promise.all(agents.map((a) => a.exited))
+    exits.forEach((e, i) => assert.equal(e.status, 0, `agent ${i}: ${e.stderr}`))
+    const clean = await waitClean(tb, { boundMs: 3000, names, tmp: tmps[0], original })
+    assert.ok(clean.clean, clean.problems.join('; '))
+    for (let i = 0; i < AGENTS; i++) await assertClean(tb, names[i], tmps[i], original)
   })
+}
 
-  // Another process's start-up cleanup (with agent 0's TMPDIR) removes nothing of theirs.
-  const { byId } = await runProbe(tb, [{ id: 'e', op: 'emergency' }], { tmp: tmps[0] })
-  assert.deepEqual(byId.get('e').values, [{ removed: [], warnings: [] }])
-  const http0 = await httpFrom(tb, 'http://10.8.0.1/')
-  assert.equal(http0.client, '10.8.0.2', `through agent 0's tunnel: ${JSON.stringify(http0)}`)
-  const http1 = await httpFrom(tb, url())
-  assert.equal(http1.client, '10.8.0.3', `through agent 1's tunnel: ${JSON.stringify(http1)}`)
-  await sleep(300)
-  for (const n of names) assert.equal(await ifindex(tb, n), index[n], `${n} was removed or replaced while its agent was live`)
-  for (const i of infos) assert.ok(fs.existsSync(i.configPath), `${i.name}: a live agent's key file was swept`)
+for (const backend of BACKENDS) {
+  test(`4b: two namespaces share TMPDIR and a tunnel name: a SIGKILLed owner goes within 1 s, the other namespace's tunnel, key file, DNS and traffic are untouched (${backend})`, async (t) => {
+    const r = reaper(t)
+    const tbB = await testbed.up({ nclients: 1 })
+    t.after(() => tbB.down())
+    const originalB = fs.readFileSync(resolvConfPath(tbB), 'utf8')
+    const tmp = r.tmp() // one TMPDIR for both agents, as two containers sharing /tmp
+    const name = `${tb.prefix}s`
+    const env = { BLUE_WG_BACKEND: backend }
+    const A = await connected(r, privateWg(tb), {
+      config: tb.tunnelConfig(clientBase(backend, SPARE), { allowedIps: FULL, name }),
+      fetch: [url(tb)],
+      then: 'wait',
+    }, { tmp, env })
+    assert.equal((await A.a.next('fetch')).ok, true)
+    await A.a.next('waiting')
+    const B = await connected(r, privateWg(tbB), {
+      config: tbB.tunnelConfig(0, { allowedIps: FULL, name }),
+      fetch: [url(tbB)],
+      fetchLoop: { url: url(tbB), everyMs: 20, maxMs: 30_000 },
+      then: 'disconnect',
+    }, { tmp, env })
+    assert.equal(B.info.name, name)
+    assert.equal(B.info.backend, backend)
+    assert.equal(JSON.parse((await B.a.next('fetch')).body).client, '10.8.0.2')
+    await B.a.next('fetch-loop-started')
 
-  // All disconnect at once.
-  for (const a of agents) a.child.kill('SIGUSR2')
-  const reports = await Promise.all(agents.map((a) => a.next('disconnected')))
-  reports.forEach((r, i) => assert.equal(r.report?.gone, true, `${names[i]}: ${JSON.stringify(r.report)}`))
-  const exits = await Promise.all(agents.map((a) => a.exited))
-  exits.forEach((e, i) => assert.equal(e.status, 0, `agent ${i}: ${e.stderr}`))
-  const clean = await waitClean(tb, { boundMs: 3000, names, tmp: tmps[0], original })
-  assert.ok(clean.clean, clean.problems.join('; '))
-  for (let i = 0; i < AGENTS; i++) await assertClean(tb, names[i], tmps[i], original)
-})
+    // Each namespace has its own record, naming its own owner and namespace.
+    assert.notEqual(stateDir(tb), stateDir(tbB))
+    assert.equal(record(tb, name)?.pid, String(A.a.child.pid))
+    assert.equal(record(tb, name).netns, String(nsInode(tb)))
+    assert.equal(record(tbB, name)?.pid, String(B.a.child.pid))
+    assert.equal(record(tbB, name).netns, String(nsInode(tbB)))
+    const resolvA = fs.readFileSync(resolvConfPath(tb), 'utf8')
+    const resolvB = fs.readFileSync(resolvConfPath(tbB), 'utf8')
+    assert.match(resolvA, /^nameserver 10\.8\.0\.1$/m)
+    assert.match(resolvB, /^nameserver 10\.8\.0\.1$/m)
+    const indexB = await ifindex(tbB, name)
+    // Each namespace has its own key file (wg-quick; the embedded backend writes none), and B's
+    // connect found nothing to replace.
+    const keyFiles = backend === 'wg-quick'
+    assert.equal(B.info.replacedStale, false, "B's connect replaced something in a namespace where nothing was")
+    const holds = (file, key) => fs.existsSync(file) && fs.readFileSync(file, 'utf8').includes(key)
+    if (keyFiles) {
+      assert.notEqual(A.info.configPath, B.info.configPath)
+      assert.ok(holds(A.info.configPath, tb.clients[clientBase(backend, SPARE)].privateKey), "A's key file was removed or overwritten by B's connect")
+    } else {
+      assert.equal(A.info.configPath, undefined)
+      assert.equal(B.info.configPath, undefined)
+    }
+    await sleep(200)
 
-test('4b: two namespaces share TMPDIR and a tunnel name: a SIGKILLed owner goes within 1 s, the other namespace\'s tunnel, key file, DNS and traffic are untouched', async (t) => {
-  const r = reaper(t)
-  const tbB = await testbed.up({ nclients: 1 })
-  t.after(() => tbB.down())
-  const originalB = fs.readFileSync(resolvConfPath(tbB), 'utf8')
-  const tmp = r.tmp() // one TMPDIR for both agents, as two containers sharing /tmp
-  const name = `${tb.prefix}s`
-  const A = await connected(r, privateWg(tb), {
-    config: tb.tunnelConfig(0, { allowedIps: FULL, name }),
-    fetch: [url(tb)],
-    then: 'wait',
-  }, { tmp })
-  assert.equal((await A.a.next('fetch')).ok, true)
-  await A.a.next('waiting')
-  const B = await connected(r, privateWg(tbB), {
-    config: tbB.tunnelConfig(0, { allowedIps: FULL, name }),
-    fetch: [url(tbB)],
-    fetchLoop: { url: url(tbB), everyMs: 20, maxMs: 30_000 },
-    then: 'disconnect',
-  }, { tmp })
-  assert.equal(B.info.name, name)
-  assert.equal(JSON.parse((await B.a.next('fetch')).body).client, '10.8.0.2')
-  await B.a.next('fetch-loop-started')
+    const t0 = performance.now()
+    A.a.child.kill('SIGKILL')
+    // Namespace A: nothing of the tunnel left (its key dir is B's too: it is checked below).
+    const w = await waitClean(tb, { t0, boundMs: 3000, names: [name], tmp: r.tmp(), original, files: 'named' })
+    t.diagnostic(`A SIGKILLed -> A's namespace clean in ${w.ms.toFixed(1)} ms`)
+    assert.ok(w.clean, `A's namespace not clean after ${w.ms.toFixed(0)} ms: ${w.problems.join('; ')}`)
+    assert.ok(w.ms < 1000, `took ${w.ms.toFixed(0)} ms`)
+    assert.equal(fs.readFileSync(resolvConfPath(tb), 'utf8'), original, "A's resolv.conf is not its original")
+    assert.equal(procGone(A.info.watchdogPid), true)
 
-  // Each namespace has its own record, naming its own owner and namespace.
-  assert.notEqual(stateDir(tb), stateDir(tbB))
-  assert.equal(record(tb, name)?.pid, String(A.a.child.pid))
-  assert.equal(record(tb, name).netns, String(nsInode(tb)))
-  assert.equal(record(tbB, name)?.pid, String(B.a.child.pid))
-  assert.equal(record(tbB, name).netns, String(nsInode(tbB)))
-  const resolvA = fs.readFileSync(resolvConfPath(tb), 'utf8')
-  const resolvB = fs.readFileSync(resolvConfPath(tbB), 'utf8')
-  assert.match(resolvA, /^nameserver 10\.8\.0\.1$/m)
-  assert.match(resolvB, /^nameserver 10\.8\.0\.1$/m)
-  const indexB = await ifindex(tbB, name)
-  // Each namespace has its own key file, and B's connect found nothing to replace.
-  assert.notEqual(A.info.configPath, B.info.configPath)
-  assert.equal(B.info.replacedStale, false, "B's connect replaced something in a namespace where nothing was")
-  const holds = (file, key) => fs.existsSync(file) && fs.readFileSync(file, 'utf8').includes(key)
-  assert.ok(holds(A.info.configPath, tb.clients[0].privateKey), "A's key file was removed or overwritten by B's connect")
-  await sleep(200)
+    // Namespace B: untouched.
+    await sleep(200)
+    assert.equal(await ifindex(tbB, name), indexB, "B's interface was replaced or removed")
+    assert.equal(fs.readFileSync(resolvConfPath(tbB), 'utf8'), resolvB, "B's resolv.conf was changed")
+    assert.equal(record(tbB, name)?.pid, String(B.a.child.pid), "B's record was removed")
+    assert.equal(procGone(B.info.watchdogPid), false, "B's watchdog was stopped")
+    const http = await httpFrom(tbB, url(tbB))
+    assert.equal(http.client, '10.8.0.2', `B does not reach the node through its tunnel: ${JSON.stringify(http)}`)
+    assert.equal(await resolveFrom(tbB), tbB.dnsAnswer, "B's tunnel DNS does not answer")
+    if (keyFiles) assert.ok(holds(B.info.configPath, tbB.clients[0].privateKey), "B's key file was removed by A's watchdog")
 
-  const t0 = performance.now()
-  A.a.child.kill('SIGKILL')
-  // Namespace A: nothing of the tunnel left (its key dir is B's too: it is checked below).
-  const w = await waitClean(tb, { t0, boundMs: 3000, names: [name], tmp: r.tmp(), original, files: 'named' })
-  t.diagnostic(`A SIGKILLed -> A's namespace clean in ${w.ms.toFixed(1)} ms`)
-  assert.ok(w.clean, `A's namespace not clean after ${w.ms.toFixed(0)} ms: ${w.problems.join('; ')}`)
-  assert.ok(w.ms < 1000, `took ${w.ms.toFixed(0)} ms`)
-  assert.equal(fs.readFileSync(resolvConfPath(tb), 'utf8'), original, "A's resolv.conf is not its original")
-  assert.equal(procGone(A.info.watchdogPid), true)
-
-  // Namespace B: untouched.
-  await sleep(200)
-  assert.equal(await ifindex(tbB, name), indexB, "B's interface was replaced or removed")
-  assert.equal(fs.readFileSync(resolvConfPath(tbB), 'utf8'), resolvB, "B's resolv.conf was changed")
-  assert.equal(record(tbB, name)?.pid, String(B.a.child.pid), "B's record was removed")
-  assert.equal(procGone(B.info.watchdogPid), false, "B's watchdog was stopped")
-  const http = await httpFrom(tbB, url(tbB))
-  assert.equal(http.client, '10.8.0.2', `B does not reach the node through its tunnel: ${JSON.stringify(http)}`)
-  assert.equal(await resolveFrom(tbB), tbB.dnsAnswer, "B's tunnel DNS does not answer")
-  assert.ok(holds(B.info.configPath, tbB.clients[0].privateKey), "B's key file was removed by A's watchdog")
-
-  B.a.child.kill('SIGUSR2')
-  const loop = await B.a.next('fetch-loop')
-  t.diagnostic(`B's fetch loop: ${loop.count} fetches over ${loop.durationMs} ms, ${loop.failures.length} failed, longest gap ${loop.maxGapMs} ms`)
-  assert.deepEqual(loop.failures, [], "B's traffic was interrupted")
-  const disc = await B.a.next('disconnected')
-  assert.equal(disc.report.gone, true, JSON.stringify(disc.report))
-  assert.equal((await B.a.exited).status, 0)
-  await assertClean(tbB, name, tmp, originalB)
-  await assertClean(tb, name, tmp, original)
-  assert.ok(fs.readFileSync(resolvConfPath(tbB)).equals(Buffer.from(originalB)))
-})
+    B.a.child.kill('SIGUSR2')
+    const loop = await B.a.next('fetch-loop')
+    t.diagnostic(`B's fetch loop: ${loop.count} fetches over ${loop.durationMs} ms, ${loop.failures.length} failed, longest gap ${loop.maxGapMs} ms`)
+    assert.deepEqual(loop.failures, [], "B's traffic was interrupted")
+    const disc = await B.a.next('disconnected')
+    assert.equal(disc.report.gone, true, JSON.stringify(disc.report))
+    assert.equal((await B.a.exited).status, 0)
+    await assertClean(tbB, name, tmp, originalB)
+    await assertClean(tb, name, tmp, original)
+    assert.ok(fs.readFileSync(resolvConfPath(tbB)).equals(Buffer.from(originalB)))
+  })
+}
 
 /**
  * 4c: two full tunnels (with DNS) of two agents in one namespace; `first` of them is
  * disconnected while the other stays up.
  */
-async function twoFullTunnels(t, order) {
+async function twoFullTunnels(t, order, backend) {
   const r = reaper(t)
   const tmps = [r.tmp(), r.tmp()]
   const names = [`${tb.prefix}f1`, `${tb.prefix}f2`]
   const dns = [['10.8.0.1', '1.1.1.1'], ['10.8.0.1']] // A: the default; B: its own, so resolv.conf tells them apart
+  const base = clientBase(backend, SPARE)
   const ags = []
   for (const i of [0, 1]) {
-    const config = tb.tunnelConfig(i, { allowedIps: FULL, name: names[i], ...(i === 1 ? { dns: dns[1] } : {}) })
-    const c = await connected(r, tb, { config, then: 'disconnect-on-sigusr2' }, { tmp: tmps[i] })
+    const config = tb.tunnelConfig(base + i, { allowedIps: FULL, name: names[i], ...(i === 1 ? { dns: dns[1] } : {}) })
+    const c = await connected(r, tb, { config, then: 'disconnect-on-sigusr2' }, { tmp: tmps[i], env: { BLUE_WG_BACKEND: backend } })
     assert.deepEqual(c.info.dns, dns[i])
     assert.equal(c.info.fullTunnel, true)
+    assert.equal(c.info.backend, backend)
     await c.a.next('waiting')
     ags.push(c)
   }
+  // Each tunnel's fwmark (= its table): wg-quick's from the device (`wg show`); the embedded
+  // device has no UAPI socket, its table is in its record.
   const marks = []
   for (const n of names) {
+    if (backend === 'embedded') {
+      const table = Number(record(tb, n)?.table)
+      assert.ok(table > 0, `${n}: no table in its record`)
+      marks.push(`0x${table.toString(16)}`)
+      continue
+    }
     const m = await tb.execCli('wg', ['show', n, 'fwmark'])
     assert.equal(m.code, 0, m.stderr)
     marks.push(m.stdout.trim())
@@ -300,7 +341,7 @@ async function twoFullTunnels(t, order) {
   assert.deepEqual(servers, dns[stays], `resolv.conf does not show ${names[stays]}'s DNS:\n${resolv}`)
   assert.equal(await resolveFrom(tb), tb.dnsAnswer)
   const http = await httpFrom(tb, url())
-  assert.equal(http.client, `10.8.0.${stays + 2}`, `not through ${names[stays]}: ${JSON.stringify(http)}`)
+  assert.equal(http.client, `10.8.0.${base + stays + 2}`, `not through ${names[stays]}: ${JSON.stringify(http)}`)
   assert.equal(http.served_by, tb.httpTunnelHost)
 
   ags[stays].a.child.kill('SIGUSR2')
@@ -310,60 +351,67 @@ async function twoFullTunnels(t, order) {
   assert.ok(fs.readFileSync(resolvConfPath(tb)).equals(Buffer.from(original)), 'resolv.conf is not byte-identical to the original')
 }
 
-test('4c: two full tunnels with DNS in one namespace: disconnecting the second leaves the first its rules, DNS and traffic; then all clean', (t) =>
-  twoFullTunnels(t, 'second first'))
+for (const backend of BACKENDS) {
+  test(`4c: two full tunnels with DNS in one namespace: disconnecting the second leaves the first its rules, DNS and traffic; then all clean (${backend})`, (t) =>
+    twoFullTunnels(t, 'second first', backend))
 
-test('4c: two full tunnels with DNS in one namespace: disconnecting the first leaves the second its rules, DNS and traffic; then all clean', (t) =>
-  twoFullTunnels(t, 'first first'))
+  test(`4c: two full tunnels with DNS in one namespace: disconnecting the first leaves the second its rules, DNS and traffic; then all clean (${backend})`, (t) =>
+    twoFullTunnels(t, 'first first', backend))
+}
 
 // ------------------------------------------------------------------------------ finding 6
 
-test('6: the watchdog SIGKILLed, then disconnect(): gone true, nothing left', async (t) => {
-  const r = reaper(t)
-  const tmp = r.tmp()
-  const name = `${tb.prefix}w`
-  const { a, info } = await connected(r, tb, {
-    config: tb.tunnelConfig(0, { allowedIps: FULL, name }),
-    fetch: [url()],
-    then: 'disconnect-on-sigusr2',
-  }, { tmp })
-  assert.equal((await a.next('fetch')).ok, true)
-  await a.next('waiting')
-  process.kill(info.watchdogPid, 'SIGKILL')
-  for (let i = 0; i < 200 && !procGone(info.watchdogPid); i++) await sleep(5)
-  assert.equal(procGone(info.watchdogPid), true, 'the watchdog still runs')
-  await sleep(100)
-  assert.equal(await linkExists(tb, name), true, "the watchdog's death took the tunnel down")
-  assert.equal((await httpFrom(tb, url())).client, '10.8.0.2', 'no traffic through the tunnel once its watchdog is dead')
+for (const backend of BACKENDS) {
+  test(`6: the watchdog SIGKILLed, then disconnect(): gone true, nothing left (${backend})`, async (t) => {
+    const r = reaper(t)
+    const tmp = r.tmp()
+    const name = `${tb.prefix}w`
+    const base = clientBase(backend, SPARE)
+    const { a, info } = await connected(r, tb, {
+      config: tb.tunnelConfig(base, { allowedIps: FULL, name }),
+      fetch: [url()],
+      then: 'disconnect-on-sigusr2',
+    }, { tmp, env: { BLUE_WG_BACKEND: backend } })
+    assert.equal(info.backend, backend)
+    assert.equal((await a.next('fetch')).ok, true)
+    await a.next('waiting')
+    process.kill(info.watchdogPid, 'SIGKILL')
+    for (let i = 0; i < 200 && !procGone(info.watchdogPid); i++) await sleep(5)
+    assert.equal(procGone(info.watchdogPid), true, 'the watchdog still runs')
+    await sleep(100)
+    assert.equal(await linkExists(tb, name), true, "the watchdog's death took the tunnel down")
+    assert.equal((await httpFrom(tb, url())).client, `10.8.0.${base + 2}`, 'no traffic through the tunnel once its watchdog is dead')
 
-  a.child.kill('SIGUSR2')
-  const { report } = await a.next('disconnected')
-  t.diagnostic(JSON.stringify(report))
-  assert.equal(report.gone, true, JSON.stringify(report))
-  assert.equal((await a.exited).status, 0)
-  await assertClean(tb, name, tmp, original)
-})
+    a.child.kill('SIGUSR2')
+    const { report } = await a.next('disconnected')
+    t.diagnostic(JSON.stringify(report))
+    assert.equal(report.gone, true, JSON.stringify(report))
+    assert.equal((await a.exited).status, 0)
+    await assertClean(tb, name, tmp, original)
+  })
 
-test('6: the watchdog SIGKILLed, then the agent exits normally: its exit hook leaves nothing', async (t) => {
-  const r = reaper(t)
-  const tmp = r.tmp()
-  const name = `${tb.prefix}w`
-  const { a, info } = await connected(r, tb, {
-    config: tb.tunnelConfig(0, { allowedIps: FULL, name }),
-    fetch: [url()],
-    holdMs: 2000,
-    then: 'drain',
-  }, { tmp })
-  assert.equal((await a.next('fetch')).ok, true)
-  process.kill(info.watchdogPid, 'SIGKILL')
-  for (let i = 0; i < 200 && !procGone(info.watchdogPid); i++) await sleep(5)
-  assert.equal(procGone(info.watchdogPid), true, 'the watchdog still runs')
-  assert.equal(a.events.some((e) => e.event === 'draining'), false, 'the agent ended before its watchdog was killed')
-  const exit = await a.exited
-  assert.equal(exit.status, 0, exit.stderr)
-  assert.ok(a.events.some((e) => e.event === 'draining'))
-  await assertClean(tb, name, tmp, original)
-})
+  test(`6: the watchdog SIGKILLed, then the agent exits normally: its exit hook leaves nothing (${backend})`, async (t) => {
+    const r = reaper(t)
+    const tmp = r.tmp()
+    const name = `${tb.prefix}w`
+    const { a, info } = await connected(r, tb, {
+      config: tb.tunnelConfig(clientBase(backend, SPARE), { allowedIps: FULL, name }),
+      fetch: [url()],
+      holdMs: 2000,
+      then: 'drain',
+    }, { tmp, env: { BLUE_WG_BACKEND: backend } })
+    assert.equal(info.backend, backend)
+    assert.equal((await a.next('fetch')).ok, true)
+    process.kill(info.watchdogPid, 'SIGKILL')
+    for (let i = 0; i < 200 && !procGone(info.watchdogPid); i++) await sleep(5)
+    assert.equal(procGone(info.watchdogPid), true, 'the watchdog still runs')
+    assert.equal(a.events.some((e) => e.event === 'draining'), false, 'the agent ended before its watchdog was killed')
+    const exit = await a.exited
+    assert.equal(exit.status, 0, exit.stderr)
+    assert.ok(a.events.some((e) => e.event === 'draining'))
+    await assertClean(tb, name, tmp, original)
+  })
+}
 
 // ------------------------------------------------------------------------------ finding 7
 
@@ -377,29 +425,64 @@ fi
 exec /usr/bin/wg-quick "$@"
 `
 
+/** The embedded backend runs no program but the watchdog: a watchdog stand-in
+ *  (BLUE_WG_WATCHDOG_PATH) that holds its start the same way, so the connect waits for its
+ *  READY (after bringing the tunnel up, before it returns), then runs the real one. */
+const HOLD_WATCHDOG_SHIM = `#!/bin/sh
+: > "$BW_SHIM_DIR/started"
+read -r _ < "$BW_SHIM_DIR/release"
+exec "$BW_REAL_WATCHDOG" "$@"
+`
+
 /**
  * 7: agent A is SIGSTOPped `when` 'connected' (idle, holding its tunnel's lock) or
- * 'connecting' (inside its connect, blocked in `wg-quick up`: holding every lock a connect
- * takes). While it is stopped, nobody waits for it; its tunnel (or its connect) is left alone;
- * once resumed it finishes and disconnects cleanly.
+ * 'connecting' (inside its connect, holding every lock a connect takes: blocked in
+ * `wg-quick up`, or for the embedded backend waiting for its watchdog's READY). While it is
+ * stopped, nobody waits for it; its tunnel (or its connect) is left alone; once resumed it
+ * finishes and disconnects cleanly.
  */
-async function stoppedOwner(t, when) {
+async function stoppedOwner(t, when, backend) {
+  // A stand-in still holding (the test failed before releasing it) is released before the
+  // reaper's hook runs (hooks run in the order they were added), so it never stays behind.
+  let release = () => {}
+  t.after(() => release())
   const r = reaper(t)
   // One TMPDIR for every process here, as agents on one host share /tmp (and so shared the
   // config dir and its lock before issue 7).
   const tmpA = r.tmp()
   const nameA = `${tb.prefix}p`
-  let env = {}
+  const base = clientBase(backend, SPARE)
+  const backendEnv = { BLUE_WG_BACKEND: backend }
+  let env = backendEnv
   let shim
   if (when === 'connecting') {
     shim = r.tmp()
-    fs.writeFileSync(path.join(shim, 'wg-quick'), HOLD_UP_SHIM, { mode: 0o755 })
-    const mk = spawnSync('mkfifo', ['-m', '600', path.join(shim, 'release')])
+    const fifo = path.join(shim, 'release')
+    const mk = spawnSync('mkfifo', ['-m', '600', fifo])
     assert.equal(mk.status, 0, String(mk.stderr))
-    env = { PATH: `${shim}:${process.env.PATH}`, BW_SHIM_DIR: shim }
+    release = () => {
+      try {
+        // Non-blocking: fails (ENXIO) unless the stand-in is waiting on it.
+        const fd = fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK)
+        fs.writeSync(fd, 'go\n')
+        fs.closeSync(fd)
+      } catch {}
+    }
+    if (backend === 'wg-quick') {
+      fs.writeFileSync(path.join(shim, 'wg-quick'), HOLD_UP_SHIM, { mode: 0o755 })
+      env = { ...backendEnv, PATH: `${shim}:${process.env.PATH}`, BW_SHIM_DIR: shim }
+    } else {
+      fs.writeFileSync(path.join(shim, 'blue-wg-watchdog'), HOLD_WATCHDOG_SHIM, { mode: 0o755 })
+      env = {
+        ...backendEnv,
+        BLUE_WG_WATCHDOG_PATH: path.join(shim, 'blue-wg-watchdog'),
+        BW_REAL_WATCHDOG: path.join(REPO, 'blue-wg-watchdog'),
+        BW_SHIM_DIR: shim,
+      }
+    }
   }
   const A = r.agent(startAgent(tb, {
-    config: tb.tunnelConfig(0, { allowedIps: ['10.8.0.1/32'], name: nameA }),
+    config: tb.tunnelConfig(base, { allowedIps: ['10.8.0.1/32'], name: nameA }),
     fetch: ['http://10.8.0.1/'],
     progress: true,
     then: 'disconnect-on-sigusr2',
@@ -411,8 +494,15 @@ async function stoppedOwner(t, when) {
     assert.equal(A.events.find((e) => e.event === 'fetch').ok, true)
     indexA = await ifindex(tb, nameA)
   } else {
+    const held = backend === 'wg-quick' ? 'wg-quick up' : 'its watchdog start'
     for (let i = 0; i < 1000 && !fs.existsSync(path.join(shim, 'started')); i++) await sleep(10)
-    assert.ok(fs.existsSync(path.join(shim, 'started')), `A never reached wg-quick up: ${JSON.stringify(A.events)}`)
+    assert.ok(fs.existsSync(path.join(shim, 'started')), `A never reached ${held}: ${JSON.stringify(A.events)}`)
+    if (backend === 'embedded') {
+      // The watchdog starts first and is waited for last: A is held once its tunnel is up.
+      const up = () => A.events.some((e) => e.event === 'progress' && e.step === 'kernel-ready')
+      for (let i = 0; i < 500 && !up(); i++) await sleep(10)
+      assert.ok(up(), `A never brought its tunnel up: ${JSON.stringify(A.events)}`)
+    }
     assert.equal(A.events.some((e) => e.event === 'connected'), false)
   }
   process.kill(pidA, 'SIGSTOP')
@@ -423,8 +513,15 @@ async function stoppedOwner(t, when) {
   })
   for (let i = 0; i < 200 && procState(pidA) !== 'T'; i++) await sleep(5)
   assert.equal(procState(pidA), 'T', 'A is not stopped')
+  // Stopped inside its connect, the embedded backend has made its tun (held at the watchdog's
+  // READY), wg-quick none yet (held before `wg-quick up`): it must stay as it is.
+  if (when === 'connecting') {
+    indexA = await ifindex(tb, nameA)
+    assert.equal(indexA !== null, backend === 'embedded', `A's interface: ${indexA}`)
+  }
   const recA = record(tb, nameA)
   assert.equal(recA?.pid, String(pidA), "A's record")
+  r.watchdog(Number(recA.watchdog_pid))
   // A's processes (itself, its watchdog, its wireguard-go or the held wg-quick) may stay.
   const keepPids = nsProcesses(tb).map((p) => p.pid)
   t.diagnostic(`A (pid ${pidA}) stopped ${when}; its processes: ${nsProcesses(tb).map((p) => p.comm).join(', ')}`)
@@ -433,11 +530,11 @@ async function stoppedOwner(t, when) {
   const tmpB = tmpA
   const nameB = `${tb.prefix}q`
   let t0 = performance.now()
-  const b = await runAgent(tb, { config: tb.tunnelConfig(1, { allowedIps: [`${tb.httpTunnelHost}/32`], name: nameB }), fetch: [url()], then: 'disconnect' }, { tmp: tmpB })
+  const b = await runAgent(tb, { config: tb.tunnelConfig(base + 1, { allowedIps: [`${tb.httpTunnelHost}/32`], name: nameB }), fetch: [url()], then: 'disconnect' }, { tmp: tmpB, env: backendEnv })
   const msB = performance.now() - t0
   t.diagnostic(`B: spawn, connect, GET, disconnect, exit in ${msB.toFixed(0)} ms`)
   assert.equal(b.event('connected')?.info.name, nameB, JSON.stringify(b.events))
-  assert.equal(JSON.parse(b.event('fetch').body).client, '10.8.0.3')
+  assert.equal(JSON.parse(b.event('fetch').body).client, `10.8.0.${base + 3}`)
   assert.equal(b.event('disconnected').report.gone, true)
   assert.equal(b.exit.status, 0, b.exit.stderr)
   assert.ok(msB < 5000, `B took ${msB.toFixed(0)} ms`)
@@ -468,8 +565,8 @@ async function stoppedOwner(t, when) {
   // An agent SIGKILLed meanwhile is cleaned by its watchdog within 1 s.
   const tmpC = tmpA
   const nameC = `${tb.prefix}r`
-  const C = await connected(r, tb, { config: tb.tunnelConfig(2, { allowedIps: [`${tb.httpTunnelHost}/32`], name: nameC }), fetch: [url()], then: 'wait' }, { tmp: tmpC })
-  assert.equal(JSON.parse((await C.a.next('fetch')).body).client, '10.8.0.4')
+  const C = await connected(r, tb, { config: tb.tunnelConfig(base + 2, { allowedIps: [`${tb.httpTunnelHost}/32`], name: nameC }), fetch: [url()], then: 'wait' }, { tmp: tmpC, env: backendEnv })
+  assert.equal(JSON.parse((await C.a.next('fetch')).body).client, `10.8.0.${base + 4}`)
   await C.a.next('waiting')
   t0 = performance.now()
   C.a.child.kill('SIGKILL')
@@ -484,55 +581,63 @@ async function stoppedOwner(t, when) {
   if (when === 'connecting') fs.writeFileSync(path.join(shim, 'release'), 'go\n')
   const info = (await A.next('connected', 30_000)).info
   assert.equal(info.name, nameA)
+  assert.equal(info.backend, backend)
   await A.next('waiting')
   assert.equal(A.events.find((ev) => ev.event === 'fetch').ok, true)
   if (indexA !== null) assert.equal(await ifindex(tb, nameA), indexA)
-  assert.equal((await httpFrom(tb, 'http://10.8.0.1/')).client, '10.8.0.2')
+  assert.equal((await httpFrom(tb, 'http://10.8.0.1/')).client, `10.8.0.${base + 2}`)
   A.child.kill('SIGUSR2')
   assert.equal((await A.next('disconnected')).report.gone, true)
   assert.equal((await A.exited).status, 0)
   await assertClean(tb, nameA, tmpA, original)
 }
 
-test('7: an agent SIGSTOPped with its tunnel up stalls nobody, and its tunnel is left alone', (t) =>
-  stoppedOwner(t, 'connected'))
+for (const backend of BACKENDS) {
+  test(`7: an agent SIGSTOPped with its tunnel up stalls nobody, and its tunnel is left alone (${backend})`, (t) =>
+    stoppedOwner(t, 'connected', backend))
 
-test('7: an agent SIGSTOPped inside its connect (holding every lock a connect takes) stalls nobody', (t) =>
-  stoppedOwner(t, 'connecting'))
+  test(`7: an agent SIGSTOPped inside its connect (holding every lock a connect takes) stalls nobody (${backend})`, (t) =>
+    stoppedOwner(t, 'connecting', backend))
+}
 
 // ------------------------------------------------------------------------------ finding 8e
 
-test('8e: the config dir removed under a full tunnel with DNS, then its owner SIGKILLed (no watchdog): a later emergencyCleanupSync() restores everything', async (t) => {
-  const r = reaper(t)
-  const tmp = r.tmp()
-  const name = `${tb.prefix}e`
-  const A = await connected(r, tb, {
-    config: tb.tunnelConfig(0, { allowedIps: FULL, name }),
-    fetch: [url()],
-    then: 'wait',
-  }, { tmp, env: { BLUE_WG_NO_WATCHDOG: '1' } })
-  assert.equal(A.info.watchdogPid, undefined)
-  assert.equal((await A.a.next('fetch')).ok, true)
-  await A.a.next('waiting')
-  assert.match(fs.readFileSync(resolvConfPath(tb), 'utf8'), /^nameserver 10\.8\.0\.1$/m)
-  // As tmpfiles aging (or a tidy-up script) would: the whole private dir goes.
-  fs.rmSync(path.join(tmp, 'sentinel-wg'), { recursive: true, force: true })
-  A.a.child.kill('SIGKILL')
-  assert.equal((await A.a.exited).signal, 'SIGKILL')
-  // What the killed owner left: the interface, its rules, the tunnel DNS.
-  assert.equal(await linkExists(tb, name), true)
-  assert.match((await rules(tb))['-4'], /suppress_prefixlength/)
-  assert.notEqual(fs.readFileSync(resolvConfPath(tb), 'utf8'), original)
+for (const backend of BACKENDS) {
+  test(`8e: the config dir removed under a full tunnel with DNS, then its owner SIGKILLed (no watchdog): a later emergencyCleanupSync() restores everything (${backend})`, async (t) => {
+    const r = reaper(t)
+    const tmp = r.tmp()
+    const name = `${tb.prefix}e`
+    const A = await connected(r, tb, {
+      config: tb.tunnelConfig(clientBase(backend, SPARE), { allowedIps: FULL, name }),
+      fetch: [url()],
+      then: 'wait',
+    }, { tmp, env: { BLUE_WG_NO_WATCHDOG: '1', BLUE_WG_BACKEND: backend } })
+    assert.equal(A.info.watchdogPid, undefined)
+    assert.equal(A.info.backend, backend)
+    assert.equal((await A.a.next('fetch')).ok, true)
+    await A.a.next('waiting')
+    assert.match(fs.readFileSync(resolvConfPath(tb), 'utf8'), /^nameserver 10\.8\.0\.1$/m)
+    // As tmpfiles aging (or a tidy-up script) would: the whole private dir goes.
+    fs.rmSync(path.join(tmp, 'sentinel-wg'), { recursive: true, force: true })
+    A.a.child.kill('SIGKILL')
+    assert.equal((await A.a.exited).signal, 'SIGKILL')
+    // What the killed owner left: its rules, the tunnel DNS, and with wg-quick the interface
+    // (the embedded backend's tun dies with its owner).
+    const survives = backend === 'wg-quick'
+    assert.equal(await linkExists(tb, name), survives)
+    assert.match((await rules(tb))['-4'], /suppress_prefixlength/)
+    assert.notEqual(fs.readFileSync(resolvConfPath(tb), 'utf8'), original)
 
-  // The app starts again (same TMPDIR) and calls emergencyCleanupSync() first, as the SDK does.
-  const { byId } = await runProbe(tb, [{ id: 'e', op: 'emergency' }], { tmp })
-  const [e] = byId.get('e').values
-  t.diagnostic(JSON.stringify(e))
-  assert.deepEqual(e.warnings, [])
-  assert.deepEqual(e.removed.map((r) => [r.name, r.existed, r.gone]), [[name, true, true]])
-  await assertClean(tb, name, tmp, original)
-  assert.ok(fs.readFileSync(resolvConfPath(tb)).equals(Buffer.from(original)), 'resolv.conf is not byte-identical to the original')
-})
+    // The app starts again (same TMPDIR) and calls emergencyCleanupSync() first, as the SDK does.
+    const { byId } = await runProbe(tb, [{ id: 'e', op: 'emergency' }], { tmp })
+    const [e] = byId.get('e').values
+    t.diagnostic(JSON.stringify(e))
+    assert.deepEqual(e.warnings, [])
+    assert.deepEqual(e.removed.map((r) => [r.name, r.existed, r.gone]), [[name, survives, true]])
+    await assertClean(tb, name, tmp, original)
+    assert.ok(fs.readFileSync(resolvConfPath(tb)).equals(Buffer.from(original)), 'resolv.conf is not byte-identical to the original')
+  })
+}
 
 /**
  * 8e, where the state now lives: the namespace's state dir (records, key file, DNS state) is
@@ -540,17 +645,20 @@ test('8e: the config dir removed under a full tunnel with DNS, then its owner SI
  * agent connects and disconnects another name first (so the state dir exists again, without
  * the dead owner's record). Its watchdog must remove everything within 1 s.
  */
-async function stateDirRemoved(t, meanwhile) {
+async function stateDirRemoved(t, meanwhile, backend) {
   const r = reaper(t)
   const tmp = r.tmp()
   const name = `${tb.prefix}h`
-  const A = await connected(r, tb, { config: tb.tunnelConfig(0, { allowedIps: FULL, name }), fetch: [url()], then: 'wait' }, { tmp })
+  const base = clientBase(backend, SPARE)
+  const env = { BLUE_WG_BACKEND: backend }
+  const A = await connected(r, tb, { config: tb.tunnelConfig(base, { allowedIps: FULL, name }), fetch: [url()], then: 'wait' }, { tmp, env })
+  assert.equal(A.info.backend, backend)
   assert.equal((await A.a.next('fetch')).ok, true)
   await A.a.next('waiting')
   fs.rmSync(stateDir(tb), { recursive: true, force: true })
   if (meanwhile) {
     const nameB = `${tb.prefix}i`
-    const b = await runAgent(tb, { config: tb.tunnelConfig(1, { allowedIps: ['10.8.0.1/32'], name: nameB }), then: 'disconnect' }, { tmp: r.tmp() })
+    const b = await runAgent(tb, { config: tb.tunnelConfig(base + 1, { allowedIps: ['10.8.0.1/32'], name: nameB }), then: 'disconnect' }, { tmp: r.tmp(), env })
     assert.equal(b.event('disconnected')?.report.gone, true, JSON.stringify(b.events))
     assert.ok(fs.existsSync(stateDir(tb)), 'the other agent did not re-create the state dir')
   }
@@ -580,11 +688,13 @@ async function stateDirRemoved(t, meanwhile) {
   }
 }
 
-test('8e: the namespace\'s state dir removed under a full tunnel with DNS, then its owner SIGKILLed: its watchdog removes everything within 1 s', (t) =>
-  stateDirRemoved(t, false))
+for (const backend of BACKENDS) {
+  test(`8e: the namespace's state dir removed under a full tunnel with DNS, then its owner SIGKILLed: its watchdog removes everything within 1 s (${backend})`, (t) =>
+    stateDirRemoved(t, false, backend))
 
-test('8e: the state dir removed under a full tunnel with DNS, re-created by another agent, then its owner SIGKILLed: its watchdog removes everything within 1 s',
-  (t) => stateDirRemoved(t, true))
+  test(`8e: the state dir removed under a full tunnel with DNS, re-created by another agent, then its owner SIGKILLed: its watchdog removes everything within 1 s (${backend})`,
+    (t) => stateDirRemoved(t, true, backend))
+}
 
 /** After a TMPDIR-gone case: the agent is dead; a start-up cleanup (with a TMPDIR that exists)
  *  removes what it left, so the tests after it start clean. */
@@ -595,43 +705,47 @@ async function sweepAfter(r, a, name) {
   assert.ok(w.clean, `the sweep left: ${w.problems.join('; ')}`)
 }
 
-test('8e: the agent\'s whole TMPDIR removed under a full tunnel with DNS: disconnect() still removes everything', async (t) => {
-  const r = reaper(t)
-  const tmp = r.tmp()
-  const name = `${tb.prefix}g`
-  const A = await connected(r, tb, { config: tb.tunnelConfig(0, { allowedIps: FULL, name }), fetch: [url()], then: 'disconnect-on-sigusr2' }, { tmp })
-  assert.equal((await A.a.next('fetch')).ok, true)
-  await A.a.next('waiting')
-  fs.rmSync(tmp, { recursive: true, force: true })
-  try {
-    A.a.child.kill('SIGUSR2')
-    const { report } = await A.a.next('disconnected')
-    t.diagnostic(JSON.stringify(report))
-    assert.equal(report.gone, true, JSON.stringify(report))
-    assert.equal((await A.a.exited).status, 0)
-    const w = await waitClean(tb, { boundMs: 1000, names: [name], tmp, original, files: 'named' })
-    assert.ok(w.clean, w.problems.join('; '))
-  } finally {
-    await sweepAfter(r, A.a, name)
-  }
-})
+for (const backend of BACKENDS) {
+  test(`8e: the agent's whole TMPDIR removed under a full tunnel with DNS: disconnect() still removes everything (${backend})`, async (t) => {
+    const r = reaper(t)
+    const tmp = r.tmp()
+    const name = `${tb.prefix}g`
+    const A = await connected(r, tb, { config: tb.tunnelConfig(clientBase(backend, SPARE), { allowedIps: FULL, name }), fetch: [url()], then: 'disconnect-on-sigusr2' }, { tmp, env: { BLUE_WG_BACKEND: backend } })
+    assert.equal(A.info.backend, backend)
+    assert.equal((await A.a.next('fetch')).ok, true)
+    await A.a.next('waiting')
+    fs.rmSync(tmp, { recursive: true, force: true })
+    try {
+      A.a.child.kill('SIGUSR2')
+      const { report } = await A.a.next('disconnected')
+      t.diagnostic(JSON.stringify(report))
+      assert.equal(report.gone, true, JSON.stringify(report))
+      assert.equal((await A.a.exited).status, 0)
+      const w = await waitClean(tb, { boundMs: 1000, names: [name], tmp, original, files: 'named' })
+      assert.ok(w.clean, w.problems.join('; '))
+    } finally {
+      await sweepAfter(r, A.a, name)
+    }
+  })
 
-test('8e: the agent\'s whole TMPDIR removed under a full tunnel with DNS, then the agent SIGKILLed: its watchdog removes everything within 1 s', async (t) => {
-  const r = reaper(t)
-  const tmp = r.tmp()
-  const name = `${tb.prefix}g`
-  const A = await connected(r, tb, { config: tb.tunnelConfig(0, { allowedIps: FULL, name }), fetch: [url()], then: 'wait' }, { tmp })
-  assert.equal((await A.a.next('fetch')).ok, true)
-  await A.a.next('waiting')
-  fs.rmSync(tmp, { recursive: true, force: true })
-  try {
-    const t0 = performance.now()
-    A.a.child.kill('SIGKILL')
-    const w = await waitClean(tb, { t0, boundMs: 3000, names: [name], tmp, original, files: 'named' })
-    t.diagnostic(`clean ${w.clean} after ${w.ms.toFixed(0)} ms: ${w.problems.join('; ')}`)
-    assert.ok(w.clean, w.problems.join('; '))
-    assert.ok(w.ms < 1000, `took ${w.ms.toFixed(0)} ms`)
-  } finally {
-    await sweepAfter(r, A.a, name)
-  }
-})
+  test(`8e: the agent's whole TMPDIR removed under a full tunnel with DNS, then the agent SIGKILLed: its watchdog removes everything within 1 s (${backend})`, async (t) => {
+    const r = reaper(t)
+    const tmp = r.tmp()
+    const name = `${tb.prefix}g`
+    const A = await connected(r, tb, { config: tb.tunnelConfig(clientBase(backend, SPARE), { allowedIps: FULL, name }), fetch: [url()], then: 'wait' }, { tmp, env: { BLUE_WG_BACKEND: backend } })
+    assert.equal(A.info.backend, backend)
+    assert.equal((await A.a.next('fetch')).ok, true)
+    await A.a.next('waiting')
+    fs.rmSync(tmp, { recursive: true, force: true })
+    try {
+      const t0 = performance.now()
+      A.a.child.kill('SIGKILL')
+      const w = await waitClean(tb, { t0, boundMs: 3000, names: [name], tmp, original, files: 'named' })
+      t.diagnostic(`clean ${w.clean} after ${w.ms.toFixed(0)} ms: ${w.problems.join('; ')}`)
+      assert.ok(w.clean, w.problems.join('; '))
+      assert.ok(w.ms < 1000, `took ${w.ms.toFixed(0)} ms`)
+    } finally {
+      await sweepAfter(r, A.a, name)
+    }
+  })
+}

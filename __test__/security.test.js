@@ -14,7 +14,7 @@ const path = require('node:path')
 const testbed = require('../testbed')
 const {
   tmpdir, startAgent, linkExists, resolvConfPath, sleep, procGone, ifindex, killAgent, renderRecord,
-  stateDir, stateFiles, nsInode,
+  stateDir, stateFiles, nsInode, clientBase,
 } = require('./helpers.js')
 
 const SEC = path.join(__dirname, 'fixtures', 'sec-ops.js')
@@ -31,7 +31,7 @@ let original // the namespace's resolv.conf, bytes
 let ino // the cli namespace's inode (what records name)
 
 before(async () => {
-  tb = await testbed.up({ nclients: 2 })
+  tb = await testbed.up({ nclients: 3 }) // client 2: the second backend's key (helpers.clientBase)
   original = fs.readFileSync(resolvConfPath(tb))
   ino = nsInode(tb)
 })
@@ -158,9 +158,10 @@ async function liveAgent(t, config, { env = {} } = {}) {
   return { a, info: ev.info, tmp }
 }
 
-/** A real tunnel whose owner is dead (no watchdog, SIGKILLed): the interface stays. */
+/** A real tunnel whose owner is dead (no watchdog, SIGKILLed): the interface stays. Made by the
+ *  wg-quick backend: only its interface outlives its owner (an embedded tun dies with it). */
 async function deadOwnerTunnel(t, name) {
-  const { a, info } = await liveAgent(t, tb.tunnelConfig(0, { name }), { env: { BLUE_WG_NO_WATCHDOG: '1' } })
+  const { a, info } = await liveAgent(t, tb.tunnelConfig(clientBase('wg-quick', 2), { name }), { env: { BLUE_WG_NO_WATCHDOG: '1', BLUE_WG_BACKEND: 'wg-quick' } })
   a.child.kill('SIGKILL')
   await a.exited
   t.after(() => tb.execCli('ip', ['link', 'delete', 'dev', name])) // only if a check failed
@@ -238,7 +239,8 @@ test('finding 1: a sentinel-wg dir another user prepared in a shared /tmp is nev
         { id: 'compatEmergency', op: 'compatEmergency' },
         { id: 'uninstallV', op: 'compatUninstall', args: [V] },
         { id: 'uninstallW', op: 'compatUninstall', args: [W] },
-        { id: 'connect', op: 'connect', args: [tb.tunnelConfig(0, { name: K })], undo: true },
+        { id: 'connect', op: 'connect', args: [tb.tunnelConfig(clientBase('embedded', 2), { name: K }), { backend: 'embedded' }], undo: true },
+        { id: 'connectQ', op: 'connect', args: [tb.tunnelConfig(clientBase('wg-quick', 2), { name: K }), { backend: 'wg-quick' }], undo: true },
         { id: 'prepare', op: 'prepareConfigDir' },
         { id: 'again', op: 'emergency' },
         { id: 'exit', op: 'exit', code: 0 }, // the exit hooks run
@@ -280,10 +282,14 @@ test('finding 1: a sentinel-wg dir another user prepared in a shared /tmp is nev
         assert.ok(call(id).value.steps.every((s) => !s.ran), `${id} ran a step: ${JSON.stringify(call(id).value.steps)}`)
       }
       for (const id of ['compatEmergency', 'uninstallV', 'uninstallW']) assert.equal(call(id).ok, true, JSON.stringify(call(id)))
-      // connect does not need the directory (its key file lives in the root-only state dir),
-      // so a prepared one can neither stop it nor receive its key (checked by the snapshot).
+      // connect does not need the directory (the embedded backend writes no key file, the
+      // wg-quick backend's lives in the root-only state dir), so a prepared one can neither
+      // stop it nor receive its key (checked by the snapshot).
       assert.equal(call('connect').ok, true, JSON.stringify(call('connect')))
-      assert.ok(!call('connect').value.configPath.startsWith(cdir), call('connect').value.configPath)
+      assert.equal(call('connect').value.configPath, undefined, call('connect').value.configPath)
+      assert.equal(call('connectQ').ok, true, JSON.stringify(call('connectQ')))
+      assert.ok(!call('connectQ').value.configPath.startsWith(cdir), call('connectQ').value.configPath)
+      assert.ok(call('connectQ').value.configPath.startsWith(stateDir(tb)), call('connectQ').value.configPath)
       assert.equal(call('prepare').ok, false, JSON.stringify(call('prepare')))
       assert.equal(call('prepare').error.code, 'WG_CONFIG_DIR_UNSAFE')
       assert.ok(res.get('again').call.value.warnings.length > 0)
