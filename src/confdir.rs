@@ -117,7 +117,8 @@ pub fn shred(path: &Path) -> bool {
     fs::remove_file(path).is_ok()
 }
 
-fn zero_fill(f: &mut File, len: u64) -> io::Result<()> {
+/// Overwrite the first `len` bytes of `f` with zeros and sync it.
+pub(crate) fn zero_fill(f: &mut File, len: u64) -> io::Result<()> {
     let zeros = [0u8; 4096];
     let mut left = len;
     while left > 0 {

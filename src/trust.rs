@@ -250,7 +250,6 @@ fn open_parent(path: &Path) -> Result<(PathBuf, OwnedFd, String), Untrusted> {
 /// descriptors of the checked directory: never a link, never a file that is not ours alone.
 /// Returns true when it was removed.
 pub fn shred_trusted(path: &Path) -> bool {
-    use std::io::Write;
     let Ok((_, dir, base)) = open_parent(path) else {
         return false;
     };
@@ -263,16 +262,7 @@ pub fn shred_trusted(path: &Path) -> bool {
         return false;
     }
     let mut f = File::from(fd);
-    let zeros = [0u8; 4096];
-    let mut left = meta.len();
-    while left > 0 {
-        let n = left.min(zeros.len() as u64) as usize;
-        if f.write_all(&zeros[..n]).is_err() {
-            break;
-        }
-        left -= n as u64;
-    }
-    let _ = f.sync_all();
+    let _ = crate::confdir::zero_fill(&mut f, meta.len());
     let Ok(c) = CString::new(base) else {
         return false;
     };
