@@ -253,7 +253,21 @@ async function killAgent(a) {
   await a.exited
 }
 
+/** Why this machine's kernel has no WireGuard module it could load, or null when it has one:
+ *  the checks of src/backend/kernel.rs (loaded, or wireguard.ko* where distributions put it,
+ *  or built in). Read from files: the addon is not loaded here. */
+function kernelModuleMissing() {
+  if (fs.existsSync('/sys/module/wireguard')) return null
+  const dir = `/lib/modules/${os.release()}`
+  if (['', '.xz', '.zst', '.gz'].some((x) => fs.existsSync(`${dir}/kernel/drivers/net/wireguard/wireguard.ko${x}`))) return null
+  try {
+    if (/\/wireguard\.ko$/m.test(fs.readFileSync(`${dir}/modules.builtin`, 'utf8'))) return null
+  } catch {}
+  return `the kernel (${os.release()}) has no WireGuard module here; npm run test:kernel runs these tests in a VM`
+}
+
 module.exports = {
+  kernelModuleMissing,
   tmpdir, startAgent, runAgent, linkExists, assertClean, resolvConfPath, SIGNUM,
   sleep, nsInode, procState, procGone, procStartTime, procStatus, nsProcesses, ifindex, leftovers, waitClean,
   renderRecord, parseRecord, killAgent, stateDir, stateFiles, allStateFiles,
