@@ -26,7 +26,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::mpsc::TryRecvError;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
@@ -42,6 +43,7 @@ use netlink_packet_wireguard::{
 
 use super::embedded::{note_stop, resolve, rules_step, step, wait_handshake_gap};
 use super::{Backend, Stats, Tunnel, UpContext};
+use crate::cmd;
 use crate::config::TunnelConfig;
 use crate::error::{Result, WgError};
 use crate::netdev;
@@ -280,7 +282,7 @@ pub fn peer_stats(answers: &[WireguardMessage], key: &[u8; 32], now: SystemTime)
                             if t.seconds != 0 || t.nano_seconds != 0 =>
                         {
                             let at = UNIX_EPOCH
-                                + std::time::Duration::new(
+                                + Duration::new(
                                     t.seconds.max(0) as u64,
                                     t.nano_seconds.clamp(0, 999_999_999) as u32,
                                 );
@@ -301,8 +303,51 @@ pub fn peer_stats(answers: &[WireguardMessage], key: &[u8; 32], now: SystemTime)
     found
 }
 
+/// How long `stop` waits for the kernel to unlist the interface it is deleting.
+const UNLIST_BOUND: Duration = Duration::from_secs(5);
+
+/// `RTM_DELLINK` of our interface on a thread of its own, waiting only until the kernel has
+/// unlisted `name` (or answered). The kernel does the whole unregistering inside the
+/// request's `sendmsg` (RCU grace periods, the device's workqueues: ~0.4-1 s under TCG
+/// emulation), but the name is free, its routes gone and its traffic stopped as soon as it is
+/// unlisted; the thread finishes the rest. A process exiting meanwhile still completes it (a
+/// thread inside a system call finishes it before it dies). Returns (gone, detail).
+fn delete_unlisted(index: u32, name: &str) -> (bool, String) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("blue-wg-dellink".into())
+        .spawn(move || {
+            let _ = tx.send(routing::delete_link(index));
+        });
+    if spawned.is_err() {
+        let r = routing::delete_link(index);
+        let gone = netdev::index(name) != Some(index);
+        return match r {
+            Ok(()) => (gone, "deleted".into()),
+            Err(e) => (gone, format!("RTM_DELLINK: {e}")),
+        };
+    }
+    let answer = cmd::wait_until(UNLIST_BOUND, || match rx.try_recv() {
+        Ok(r) => Some(Some(r)),
+        Err(TryRecvError::Disconnected) => Some(None),
+        Err(TryRecvError::Empty) => (netdev::index(name) != Some(index)).then_some(None),
+    });
+    let gone = netdev::index(name) != Some(index);
+    let detail = match answer {
+        Some(Some(Ok(()))) => "deleted".to_string(),
+        Some(Some(Err(e))) => format!("RTM_DELLINK: {e}"),
+        Some(None) if gone => {
+            "unlisted (the kernel finishes unregistering it in the background)".to_string()
+        }
+        Some(None) => "the deleting thread ended without an answer".to_string(),
+        None => format!("still listed {UNLIST_BOUND:?} after RTM_DELLINK"),
+    };
+    (gone, detail)
+}
+
 /// Delete the kernel WireGuard interface `name` if it is one (and, with `index`, only if it
-/// still has that index: ours). A step for the report, and whether `name` is gone.
+/// still has that index: ours, which `stop` waits for only until it is unlisted). A step for
+/// the report, and whether `name` is gone.
 fn delete_step(name: &str, index: Option<u32>) -> (StepReport, bool) {
     let t = Instant::now();
     let Some(now) = netdev::index(name) else {
@@ -318,11 +363,17 @@ fn delete_step(name: &str, index: Option<u32>) -> (StepReport, bool) {
             format!("{name} is not a kernel WireGuard interface (driver {driver}): left alone");
         return (step("delete link", false, detail, t), false);
     }
-    let r = routing::delete_link(now);
-    let gone = !netdev::exists(name);
-    let detail = match r {
-        Ok(()) => "deleted".to_string(),
-        Err(e) => format!("RTM_DELLINK: {e}"),
+    let (gone, detail) = if index.is_some() {
+        delete_unlisted(now, name)
+    } else {
+        // A dead owner's (the watchdog, a sweep): nobody waits for it but the next connect,
+        // which must not find it half-gone.
+        let r = routing::delete_link(now);
+        let gone = !netdev::exists(name);
+        match r {
+            Ok(()) => (gone, "deleted".to_string()),
+            Err(e) => (gone, format!("RTM_DELLINK: {e}")),
+        }
     };
     (step("delete link", gone, detail, t), gone)
 }
@@ -736,7 +787,7 @@ mod tests {
 
     #[test]
     fn stats_come_from_our_peer_across_messages() {
-        let now = UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
         let other = WireguardPeer(vec![
             WireguardPeerAttribute::PublicKey([8; 32]),
             WireguardPeerAttribute::RxBytes(99),
