@@ -266,8 +266,17 @@ function kernelModuleMissing() {
   return `the kernel (${os.release()}) has no WireGuard module here; npm run test:kernel runs these tests in a VM`
 }
 
+/** The backend a connect of this run takes: BLUE_WG_BACKEND, or what `auto` picks on this
+ *  host (kernel where the module is, else embedded). */
+function expectedBackend() {
+  const b = process.env.BLUE_WG_BACKEND
+  if (b && b !== 'auto') return b
+  return kernelModuleMissing() ? 'embedded' : 'kernel'
+}
+
 module.exports = {
   kernelModuleMissing,
+  expectedBackend,
   tmpdir, startAgent, runAgent, linkExists, assertClean, resolvConfPath, SIGNUM,
   sleep, nsInode, procState, procGone, procStartTime, procStatus, nsProcesses, ifindex, leftovers, waitClean,
   renderRecord, parseRecord, killAgent, stateDir, stateFiles, allStateFiles,
