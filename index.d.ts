@@ -15,8 +15,9 @@ export declare function availability(): Availability
 /** Whether a tunnel can be brought up on this host. Cheap: no subprocess, no network. */
 export interface Availability {
   /**
-   * Some backend can run: `embedded` (`/dev/net/tun` and CAP_NET_ADMIN; no
-   * wireguard-tools needed) or `wg-quick` (installed, with the kernel module or a userspace
+   * Some backend can run: `kernel` (the WireGuard module loaded or loadable, and
+   * CAP_NET_ADMIN), `embedded` (`/dev/net/tun` and CAP_NET_ADMIN; neither needs
+   * wireguard-tools) or `wg-quick` (installed, with the kernel module or a userspace
    * implementation).
    */
   available: boolean
@@ -26,7 +27,7 @@ export interface Availability {
   wgQuick?: string
   /**
    * This process may manage interfaces (effective uid 0, or CAP_NET_ADMIN for the
-   * embedded backend).
+   * native backends).
    */
   isAdmin: boolean
   /** The backends that can run here, in the order `auto` tries them. */
@@ -82,9 +83,11 @@ export interface ConnectOptions {
   onProgress?: (step: string, detail: string) => void
   /**
    * Which backend brings the tunnel up: `auto` (the default, or `BLUE_WG_BACKEND`):
-   * `embedded` where `/dev/net/tun` and CAP_NET_ADMIN are there, else `wg-quick`;
+   * `kernel` where the WireGuard module is loaded or loadable, else `embedded` where
+   * `/dev/net/tun` is there, else `wg-quick` (the native ones need CAP_NET_ADMIN);
+   * `kernel` (the kernel's WireGuard over netlink, no external tool, no key file);
    * `embedded` (WireGuard inside this process, no external tool, no key file);
-   * `wg-quick`; `kernel` (not implemented yet: `WG_NOT_AVAILABLE`).
+   * `wg-quick`.
    */
   backend?: 'auto' | 'embedded' | 'wg-quick' | 'kernel'
 }
@@ -212,10 +215,10 @@ export interface TunnelInfo {
   name: string
   /**
    * The wg-quick backend's config (0600, in `configDir()`); removed when the tunnel goes
-   * down. Absent for the embedded backend, which writes no key file.
+   * down. Absent for the native backends (kernel, embedded), which write no key file.
    */
   configPath?: string
-  /** `embedded` or `wg-quick`: the backend that brought the tunnel up. */
+  /** `kernel`, `embedded` or `wg-quick`: the backend that brought the tunnel up. */
   backend: string
   fullTunnel: boolean
   addresses: Array<string>
@@ -253,11 +256,16 @@ export interface TunnelStatus {
   fullTunnel?: boolean
   backend?: string
   /**
-   * Milliseconds since the last completed handshake, read from the device (embedded
-   * backend); absent before the first handshake or when the backend cannot tell.
+   * Milliseconds since the last completed handshake, read from the device (kernel and
+   * embedded backends); absent before the first handshake or when the backend cannot tell.
    */
   lastHandshakeMs?: number
-  /** Bytes received from / sent to the peer (embedded backend). */
+  /** Bytes received from / sent to the peer (kernel and embedded backends). */
   rxBytes?: number
   txBytes?: number
+  /**
+   * The peer's endpoint as the device sees it now (`ip:port`; kernel and embedded
+   * backends).
+   */
+  endpoint?: string
 }

@@ -257,7 +257,7 @@ async function killAgent(a) {
 
 /** The backend a test gets without asking: the run's BLUE_WG_BACKEND, else the embedded one
  *  (what 'auto' picks on the testbed). */
-const DEFAULT_BACKEND = ['embedded', 'wg-quick'].includes(process.env.BLUE_WG_BACKEND) ? process.env.BLUE_WG_BACKEND : 'embedded'
+const DEFAULT_BACKEND = ['embedded', 'wg-quick', 'kernel'].includes(process.env.BLUE_WG_BACKEND) ? process.env.BLUE_WG_BACKEND : 'embedded'
 
 /** The backends a general promise is checked for: the run's default first, then the other. */
 const BACKENDS = [DEFAULT_BACKEND, DEFAULT_BACKEND === 'embedded' ? 'wg-quick' : 'embedded']
@@ -274,8 +274,29 @@ function clientBase(backend, spare) {
   return backend === DEFAULT_BACKEND ? 0 : spare
 }
 
+/** Why this machine's kernel has no WireGuard module it could load, or null when it has one:
+ *  the checks of src/backend/kernel.rs (loaded, or wireguard.ko* where distributions put it,
+ *  or built in). Read from files: the addon is not loaded here. */
+function kernelModuleMissing() {
+  if (fs.existsSync('/sys/module/wireguard')) return null
+  const dir = `/lib/modules/${os.release()}`
+  if (['', '.xz', '.zst', '.gz'].some((x) => fs.existsSync(`${dir}/kernel/drivers/net/wireguard/wireguard.ko${x}`))) return null
+  try {
+    if (/\/wireguard\.ko$/m.test(fs.readFileSync(`${dir}/modules.builtin`, 'utf8'))) return null
+  } catch {}
+  return `the kernel (${os.release()}) has no WireGuard module here; npm run test:kernel runs these tests in a VM`
+}
+
+/** The backend a connect of this run takes: BLUE_WG_BACKEND, or what `auto` picks on this
+ *  host (kernel where the module is, else embedded). */
+function expectedBackend() {
+  const b = process.env.BLUE_WG_BACKEND
+  if (b && b !== 'auto') return b
+  return kernelModuleMissing() ? 'embedded' : 'kernel'
+}
+
 module.exports = {
-  DEFAULT_BACKEND, BACKENDS, clientBase,
+  DEFAULT_BACKEND, BACKENDS, clientBase, kernelModuleMissing,
   tmpdir, startAgent, runAgent, linkExists, assertClean, resolvConfPath, SIGNUM,
   sleep, nsInode, procState, procGone, procStartTime, procStatus, nsProcesses, ifindex, leftovers, waitClean,
   renderRecord, parseRecord, killAgent, stateDir, stateFiles, allStateFiles,

@@ -41,11 +41,13 @@ test('full tunnel: traffic and DNS go through the tunnel, disconnect leaves noth
   assert.equal(info.dnsMethod, 'resolv.conf')
   assert.equal(status.exists && status.up && status.managed, true)
   assert.equal(status.mtu, 1280)
-  const embedded = info.backend === 'embedded'
-  assert.equal(info.backend, process.env.BLUE_WG_BACKEND === 'wg-quick' ? 'wg-quick' : info.backend)
+  // The native backends (kernel, embedded) write no key file and route in-process.
+  const native = info.backend !== 'wg-quick'
+  const wanted = process.env.BLUE_WG_BACKEND
+  if (wanted && wanted !== 'auto') assert.equal(info.backend, wanted)
   assert.deepEqual(
     steps,
-    embedded
+    native
       ? ['validate', 'preflight', 'state-dir', 'owner-record', 'interface-up', 'routing', 'kernel-ready', 'dns', 'ready']
       : ['validate', 'preflight', 'state-dir', 'owner-record', 'write-config', 'interface-up', 'kernel-ready', 'dns', 'ready'],
   )
@@ -57,10 +59,10 @@ test('full tunnel: traffic and DNS go through the tunnel, disconnect leaves noth
 
   await a.next('waiting')
   // While it is up: the key file is private (0600, in the namespace's 0700 state dir; the
-  // embedded backend writes none), DNS points into the tunnel, the policy rules exist.
-  if (embedded) {
+  // native backends write none), DNS points into the tunnel, the policy rules exist.
+  if (native) {
     assert.equal(info.configPath, undefined)
-    assert.deepEqual(fs.readdirSync(stateDir(tb)).filter((f) => f.endsWith('.conf')), [], 'the embedded backend wrote no key file')
+    assert.deepEqual(fs.readdirSync(stateDir(tb)).filter((f) => f.endsWith('.conf')), [], `the ${info.backend} backend wrote no key file`)
   } else {
     const conf = fs.statSync(info.configPath)
     assert.equal(conf.mode & 0o777, 0o600)
@@ -75,8 +77,8 @@ test('full tunnel: traffic and DNS go through the tunnel, disconnect leaves noth
   a.child.kill('SIGUSR2')
   const { report } = await a.next('disconnected')
   assert.equal(report.gone, true)
-  if (embedded) {
-    assert.deepEqual(report.steps.map((s) => s.step), ['stop device', 'rules'])
+  if (native) {
+    assert.deepEqual(report.steps.map((s) => s.step), info.backend === 'kernel' ? ['delete link', 'rules'] : ['stop device', 'rules'])
   } else {
     assert.equal(report.configRemoved, true)
     assert.equal(report.steps[0].step, 'wg-quick down <conf>')
@@ -187,7 +189,7 @@ test('a bring-up that fails is rolled back: TUNNEL_SETUP_FAILED, and nothing is 
   const err = r.event('error')
   assert.ok(err, JSON.stringify(r.events))
   assert.equal(err.code, 'TUNNEL_SETUP_FAILED')
-  // wg-quick fails in `wg setconf`; the embedded backend when it resolves the endpoint.
+  // wg-quick fails in `wg setconf`; the native backends when they resolve the endpoint.
   assert.match(err.message, process.env.BLUE_WG_BACKEND === 'wg-quick' ? /wg-quick up/ : /wg-quick up|endpoint/)
   assert.match(err.message, /no-such-node\.invalid/, 'the tool stderr is kept in the message')
   assert.equal(r.exit.status, 2)

@@ -22,8 +22,8 @@ const WG_EXE = null
 /** Path of `wg-quick`, or null; found by searching PATH in-process, no subprocess. */
 const WG_QUICK = availability ? availability.wgQuick ?? null : null
 /** Can a tunnel really be brought up on this host: the binary loaded and a backend that can
- *  run (embedded: /dev/net/tun and CAP_NET_ADMIN; or wg-quick with the kernel module or a
- *  usable userspace implementation). */
+ *  run (kernel: the WireGuard module and CAP_NET_ADMIN; embedded: /dev/net/tun and
+ *  CAP_NET_ADMIN; or wg-quick with the kernel module or a usable userspace implementation). */
 const WG_AVAILABLE = Boolean(availability && availability.available)
 
 /** The tunnel installed through this module: { name, confPath, since }. */

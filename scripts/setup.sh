@@ -19,6 +19,10 @@ if ((${#missing[@]})); then
   timeout 900 apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
 fi
 
+# The kernel lane (`npm run test:kernel`): a kernel image with the WireGuard module, qemu,
+# busybox and virtme-ng, to boot that kernel in a VM (this host's kernel has no module).
+bash scripts/setup-kernel-lane.sh
+
 for tool in cargo node npm; do
   command -v "$tool" >/dev/null || { echo "setup: $tool is required (Rust toolchain, Node.js >= 20)" >&2; exit 1; }
 done

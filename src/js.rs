@@ -153,9 +153,11 @@ pub struct ConnectOptions {
     #[napi(ts_type = "(step: string, detail: string) => void")]
     pub on_progress: Option<()>,
     /// Which backend brings the tunnel up: `auto` (the default, or `BLUE_WG_BACKEND`):
-    /// `embedded` where `/dev/net/tun` and CAP_NET_ADMIN are there, else `wg-quick`;
+    /// `kernel` where the WireGuard module is loaded or loadable, else `embedded` where
+    /// `/dev/net/tun` is there, else `wg-quick` (the native ones need CAP_NET_ADMIN);
+    /// `kernel` (the kernel's WireGuard over netlink, no external tool, no key file);
     /// `embedded` (WireGuard inside this process, no external tool, no key file);
-    /// `wg-quick`; `kernel` (not implemented yet: `WG_NOT_AVAILABLE`).
+    /// `wg-quick`.
     #[napi(ts_type = "'auto' | 'embedded' | 'wg-quick' | 'kernel'")]
     pub backend: Option<String>,
 }
@@ -211,9 +213,9 @@ pub struct StepTime {
 pub struct TunnelInfo {
     pub name: String,
     /// The wg-quick backend's config (0600, in `configDir()`); removed when the tunnel goes
-    /// down. Absent for the embedded backend, which writes no key file.
+    /// down. Absent for the native backends (kernel, embedded), which write no key file.
     pub config_path: Option<String>,
-    /// `embedded` or `wg-quick`: the backend that brought the tunnel up.
+    /// `kernel`, `embedded` or `wg-quick`: the backend that brought the tunnel up.
     pub backend: String,
     pub full_tunnel: bool,
     pub addresses: Vec<String>,
@@ -298,12 +300,15 @@ pub struct TunnelStatus {
     pub uptime_ms: Option<f64>,
     pub full_tunnel: Option<bool>,
     pub backend: Option<String>,
-    /// Milliseconds since the last completed handshake, read from the device (embedded
-    /// backend); absent before the first handshake or when the backend cannot tell.
+    /// Milliseconds since the last completed handshake, read from the device (kernel and
+    /// embedded backends); absent before the first handshake or when the backend cannot tell.
     pub last_handshake_ms: Option<f64>,
-    /// Bytes received from / sent to the peer (embedded backend).
+    /// Bytes received from / sent to the peer (kernel and embedded backends).
     pub rx_bytes: Option<f64>,
     pub tx_bytes: Option<f64>,
+    /// The peer's endpoint as the device sees it now (`ip:port`; kernel and embedded
+    /// backends).
+    pub endpoint: Option<String>,
 }
 
 /// What a connect brings up: a config object, or a wg-quick file (the compat path).
@@ -636,14 +641,16 @@ pub fn status(env: Env, name: Option<Unknown>) -> Result<TunnelStatus> {
         last_handshake_ms: s.stats.as_ref().and_then(|x| x.last_handshake_ms),
         rx_bytes: s.stats.as_ref().map(|x| x.rx_bytes as f64),
         tx_bytes: s.stats.as_ref().map(|x| x.tx_bytes as f64),
+        endpoint: s.stats.and_then(|x| x.endpoint),
     })
 }
 
 /// Whether a tunnel can be brought up on this host. Cheap: no subprocess, no network.
 #[napi(object)]
 pub struct Availability {
-    /// Some backend can run: `embedded` (`/dev/net/tun` and CAP_NET_ADMIN; no
-    /// wireguard-tools needed) or `wg-quick` (installed, with the kernel module or a userspace
+    /// Some backend can run: `kernel` (the WireGuard module loaded or loadable, and
+    /// CAP_NET_ADMIN), `embedded` (`/dev/net/tun` and CAP_NET_ADMIN; neither needs
+    /// wireguard-tools) or `wg-quick` (installed, with the kernel module or a userspace
     /// implementation).
     pub available: bool,
     /// Why not, when `available` is false.
@@ -651,7 +658,7 @@ pub struct Availability {
     /// Absolute path of `wg-quick`, if installed.
     pub wg_quick: Option<String>,
     /// This process may manage interfaces (effective uid 0, or CAP_NET_ADMIN for the
-    /// embedded backend).
+    /// native backends).
     pub is_admin: bool,
     /// The backends that can run here, in the order `auto` tries them.
     pub backends: Vec<String>,
@@ -660,15 +667,12 @@ pub struct Availability {
 /// What this host offers, found in-process (PATH search, file checks).
 #[napi]
 pub fn availability() -> Availability {
-    use crate::backend::{embedded, wg_quick, Backend};
     let reason = crate::backend::unavailable_reason();
-    let mut backends = Vec::new();
-    if embedded::Embedded.available().is_ok() {
-        backends.push(embedded::NAME.to_string());
-    }
-    if wg_quick::WgQuick.available().is_ok() {
-        backends.push(wg_quick::NAME.to_string());
-    }
+    let backends: Vec<String> = crate::backend::auto_order()
+        .into_iter()
+        .filter(|b| b.available().is_ok())
+        .map(|b| b.name().to_string())
+        .collect();
     Availability {
         available: reason.is_none(),
         reason,

@@ -52,6 +52,10 @@ const CHILD = path.join(__dirname, 'bench', 'child.js')
 const SDK_SLEEP_AFTER_DOWN_MS = 500
 const SDK_SLEEP_AFTER_UP_MS = 1000
 
+// What wg-quick ran on this kernel (asked after the runs: the module loads on first use): its
+// module when there is one (the kernel lane's VM), else wireguard-go.
+const wgQuickEngine = () => (fs.existsSync('/sys/module/wireguard') ? 'the kernel module' : 'wireguard-go (userspace; no kernel module on this host)')
+
 const TARGETS = { connect: 150, disconnect: 150, emergency: 2, load: 20, watchdogConnectCost: 20, ownerKillClean: 1000 } // ms
 const KILL_POLL_MS = 5 // how often the namespace is looked at after an owner's SIGKILL
 const KILL_BOUND_MS = 5000 // and for how long at most
@@ -407,8 +411,8 @@ async function main() {
       runs: opt.runs,
       date: new Date().toISOString(),
       host: { kernel: os.release(), node: process.version, cpu: os.cpus()[0]?.model, cpus: os.cpus().length },
-      backend: backendOf('wd') === 'wg-quick' ? 'wg-quick + wireguard-go (userspace; no kernel module on this host)' : backendOf('wd'),
-      comparedWith: Q ? 'wg-quick + wireguard-go' : null,
+      backend: backendOf('wd') === 'wg-quick' ? `wg-quick + ${wgQuickEngine()}` : backendOf('wd'),
+      comparedWith: Q ? `wg-quick + ${wgQuickEngine()}` : null,
       testbed: tb.prefix, tunnelName: name,
       targetsMs: TARGETS,
       watchdog: {

@@ -49,14 +49,14 @@ const HANDSHAKE_GAP: Duration = Duration::from_millis(25);
 /// When this process last stopped a device for each node (by the node's public key).
 static LAST_STOP: Mutex<Vec<([u8; 32], Instant)>> = Mutex::new(Vec::new());
 
-fn note_stop(node: [u8; 32]) {
+pub(super) fn note_stop(node: [u8; 32]) {
     let mut v = LAST_STOP.lock().unwrap_or_else(|p| p.into_inner());
     v.retain(|(k, t)| *k != node && t.elapsed() < HANDSHAKE_GAP);
     v.push((node, Instant::now()));
 }
 
 /// Wait until `HANDSHAKE_GAP` has passed since the last device for `node` stopped.
-fn wait_handshake_gap(node: [u8; 32]) {
+pub(super) fn wait_handshake_gap(node: [u8; 32]) {
     let stopped = LAST_STOP
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -93,7 +93,7 @@ pub fn unavailable_reason() -> Option<String> {
     None
 }
 
-fn step(name: &str, ok: bool, detail: String, t: Instant) -> StepReport {
+pub(super) fn step(name: &str, ok: bool, detail: String, t: Instant) -> StepReport {
     StepReport {
         step: name.into(),
         ran: true,
@@ -104,7 +104,7 @@ fn step(name: &str, ok: bool, detail: String, t: Instant) -> StepReport {
 }
 
 /// Remove the full tunnel's rules recorded as `table`; a step for the report.
-fn rules_step(table: u32) -> StepReport {
+pub(super) fn rules_step(table: u32) -> StepReport {
     let t = Instant::now();
     let done = routing::remove_full_tunnel_rules(table);
     let ok = !done.iter().any(|d| d.contains("NOT removed"));
@@ -121,7 +121,7 @@ fn wait_gone(name: &str) -> bool {
     cmd::wait_until(GONE_BOUND, || (!netdev::exists(name)).then_some(())).is_some()
 }
 
-fn resolve(ep: &crate::config::Endpoint) -> Result<SocketAddr> {
+pub(super) fn resolve(ep: &crate::config::Endpoint) -> Result<SocketAddr> {
     // An IP literal resolves without any lookup; a hostname through the C library
     // (in-process, no program is run).
     (ep.host.as_str(), ep.port)
@@ -198,6 +198,7 @@ impl Tunnel for EmbeddedTunnel {
             last_handshake_ms: p.stats.last_handshake.map(|d| d.as_secs_f64() * 1000.0),
             rx_bytes: p.stats.rx_bytes as u64,
             tx_bytes: p.stats.tx_bytes as u64,
+            endpoint: p.peer.endpoint.map(|e| e.to_string()),
         })
     }
 

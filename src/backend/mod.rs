@@ -10,7 +10,9 @@
 //! - `wg-quick`: `wg-quick up` of a rendered file (kernel module or wireguard-go).
 //! - `embedded`: WireGuard inside this process (gotatun) on a non-persistent tun, routing
 //!   over rtnetlink; no subprocess, no key file.
-//! - `kernel`: not implemented yet (refused with `WG_NOT_AVAILABLE`).
+//! - `kernel`: the kernel's WireGuard module, created and configured over rtnetlink and
+//!   generic netlink, routing as `embedded`; no subprocess, no key file. Its interface
+//!   outlives its process (the watchdog and the sweep reap it).
 
 use std::path::Path;
 
@@ -20,6 +22,7 @@ use crate::owner::Record;
 use crate::teardown::TeardownReport;
 
 pub mod embedded;
+pub mod kernel;
 pub mod wg_quick;
 
 /// Counters of a live tunnel, read from the device itself.
@@ -29,6 +32,8 @@ pub struct Stats {
     pub last_handshake_ms: Option<f64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// The peer's endpoint as the device sees it now (`ip:port`), if known.
+    pub endpoint: Option<String>,
 }
 
 /// A live tunnel, owned by this handle.
@@ -85,7 +90,7 @@ pub trait Backend: Send + Sync {
 }
 
 pub const AUTO: &str = "auto";
-pub const KERNEL: &str = "kernel";
+pub const KERNEL: &str = kernel::NAME;
 /// The values `options.backend` and `BLUE_WG_BACKEND` accept.
 pub const CHOICES: [&str; 4] = [AUTO, embedded::NAME, wg_quick::NAME, KERNEL];
 
@@ -93,8 +98,15 @@ pub const CHOICES: [&str; 4] = [AUTO, embedded::NAME, wg_quick::NAME, KERNEL];
 pub fn by_name(name: &str) -> &'static dyn Backend {
     match name {
         embedded::NAME => &embedded::Embedded,
+        kernel::NAME => &kernel::Kernel,
         _ => &wg_quick::WgQuick,
     }
+}
+
+/// The backends `auto` tries, in order: the kernel's module where it is loaded or loadable,
+/// else WireGuard inside the process, else wg-quick.
+pub fn auto_order() -> [&'static dyn Backend; 3] {
+    [&kernel::Kernel, &embedded::Embedded, &wg_quick::WgQuick]
 }
 
 /// Check a requested backend name (`field` names where it came from).
@@ -116,39 +128,36 @@ pub fn env_choice() -> Result<Option<&'static str>> {
 }
 
 /// The backend for a connect: `requested` (already checked by `parse_choice`), else
-/// `BLUE_WG_BACKEND`, else `auto`. `auto` takes the embedded backend where it can run
-/// (`/dev/net/tun` and CAP_NET_ADMIN), else wg-quick.
+/// `BLUE_WG_BACKEND`, else `auto`. `auto` takes the first of `auto_order` that can run
+/// (cheap checks, no subprocess): `kernel` (module loaded or loadable, CAP_NET_ADMIN), else
+/// `embedded` (`/dev/net/tun` and CAP_NET_ADMIN), else `wg-quick`.
 pub fn select(requested: Option<&str>) -> Result<&'static dyn Backend> {
     let choice = match requested {
         Some(c) => parse_choice("options.backend", c)?,
         None => env_choice()?.unwrap_or(AUTO),
     };
     match choice {
-        KERNEL => Err(WgError::NotAvailable(
-            "the kernel backend is not implemented yet; use 'auto', 'embedded' or 'wg-quick'"
-                .into(),
-        )),
-        AUTO => {
-            let emb = embedded::Embedded;
-            match emb.available() {
-                Ok(()) => Ok(&embedded::Embedded),
-                Err(e1) => match wg_quick::WgQuick.available() {
-                    Ok(()) => Ok(&wg_quick::WgQuick),
-                    Err(e2) => Err(WgError::NotAvailable(format!(
-                        "no backend can run here: embedded: {e1}; wg-quick: {e2}"
-                    ))),
-                },
-            }
-        }
+        AUTO => match auto_order().into_iter().find(|b| b.available().is_ok()) {
+            Some(b) => Ok(b),
+            None => Err(WgError::NotAvailable(format!(
+                "no backend can run here: {}",
+                unavailable_reason().unwrap_or_default()
+            ))),
+        },
         other => Ok(by_name(other)),
     }
 }
 
 /// Why no backend can run here, or None when one can (for `availability()`). Cheap.
 pub fn unavailable_reason() -> Option<String> {
-    let e1 = embedded::Embedded.available().err()?;
-    let e2 = wg_quick::WgQuick.available().err()?;
-    Some(format!("embedded: {e1}; wg-quick: {e2}"))
+    let mut why = Vec::new();
+    for b in auto_order() {
+        match b.available() {
+            Ok(()) => return None,
+            Err(e) => why.push(format!("{}: {e}", b.name())),
+        }
+    }
+    Some(why.join("; "))
 }
 
 /// Does this process have `cap` in its effective capability set?
@@ -170,15 +179,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn choices_are_checked_and_kernel_is_refused_for_now() {
+    fn choices_are_checked_and_records_name_their_backend() {
         assert_eq!(parse_choice("x", "embedded").unwrap(), "embedded");
         let e = parse_choice("options.backend", "boringtun").unwrap_err();
         assert_eq!(e.code(), "INVALID_OPTIONS");
         assert!(e.to_string().contains("options.backend"));
-        let e = select(Some("kernel")).err().unwrap();
-        assert_eq!(e.code(), "WG_NOT_AVAILABLE");
-        assert!(e.to_string().contains("not implemented"));
+        // An explicit choice is taken as such; `connect` checks that it can run.
+        assert_eq!(select(Some("kernel")).ok().unwrap().name(), "kernel");
         assert_eq!(by_name("").name(), "wg-quick");
         assert_eq!(by_name("embedded").name(), "embedded");
+        assert_eq!(by_name("kernel").name(), "kernel");
+        let order: Vec<&str> = auto_order().iter().map(|b| b.name()).collect();
+        assert_eq!(order, ["kernel", "embedded", "wg-quick"]);
+        // Whatever this host has, `auto` picks the first of them that can run.
+        if let Ok(b) = select(Some("auto")) {
+            let first = auto_order()
+                .into_iter()
+                .find(|b| b.available().is_ok())
+                .unwrap();
+            assert_eq!(b.name(), first.name());
+        }
     }
 }

@@ -151,7 +151,7 @@ impl Backend for WgQuick {
 
 /// After a wg-quick full tunnel `name` went down: wg-quick's down removes *every*
 /// `suppress_prefixlength 0` rule, also those of other live full tunnels of this namespace.
-/// Put back what they need: the exact rules of native (embedded) ones, and wg-quick's
+/// Put back what they need: the exact rules of native (embedded, kernel) ones, and wg-quick's
 /// generic rule for wg-quick ones.
 pub fn restore_rules_of_live_tunnels(
     dir: &StateDir,
@@ -170,13 +170,16 @@ pub fn restore_rules_of_live_tunnels(
     if live.is_empty() {
         return None;
     }
-    let mut step = if live.iter().any(|r| r.backend != super::embedded::NAME) {
+    // Native backends (embedded, kernel) route a full tunnel with exact rules of their own
+    // table; the others rely on wg-quick's shared rule.
+    let native = |r: &Record| super::by_name(&r.backend).routes_full_tunnel();
+    let mut step = if live.iter().any(|r| !native(r)) {
         restore_shared_rules()
     } else {
         StepReport::note("shared-rules", "")
     };
     let mut done = Vec::new();
-    for r in live.iter().filter(|r| r.backend == super::embedded::NAME) {
+    for r in live.iter().filter(|r| native(r)) {
         if let Some(t) = r.table {
             let fams = [crate::routing::Family::V4, crate::routing::Family::V6];
             done.extend(crate::routing::ensure_full_tunnel_rules(t, &fams));
