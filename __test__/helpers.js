@@ -255,9 +255,9 @@ async function killAgent(a) {
 
 // ------------------------------------------------------------------------------ backends
 
-/** The backend a test gets without asking: the run's BLUE_WG_BACKEND, else the embedded one
- *  (what 'auto' picks on the testbed). */
-const DEFAULT_BACKEND = ['embedded', 'wg-quick', 'kernel'].includes(process.env.BLUE_WG_BACKEND) ? process.env.BLUE_WG_BACKEND : 'embedded'
+/** The backend a test gets without asking: the run's BLUE_WG_BACKEND, else what 'auto' picks
+ *  on this host (kernel where the module is, else embedded). */
+const DEFAULT_BACKEND = expectedBackend()
 
 /** The backends a general promise is checked for: the run's default first, then the other. */
 const BACKENDS = [DEFAULT_BACKEND, DEFAULT_BACKEND === 'embedded' ? 'wg-quick' : 'embedded']
@@ -296,7 +296,7 @@ function expectedBackend() {
 }
 
 module.exports = {
-  DEFAULT_BACKEND, BACKENDS, clientBase, kernelModuleMissing,
+  DEFAULT_BACKEND, BACKENDS, clientBase, kernelModuleMissing, expectedBackend,
   tmpdir, startAgent, runAgent, linkExists, assertClean, resolvConfPath, SIGNUM,
   sleep, nsInode, procState, procGone, procStartTime, procStatus, nsProcesses, ifindex, leftovers, waitClean,
   renderRecord, parseRecord, killAgent, stateDir, stateFiles, allStateFiles,
