@@ -450,22 +450,11 @@ impl Backend for Kernel {
     }
 
     fn available(&self) -> Result<()> {
-        match unavailable_reason() {
-            None => Ok(()),
-            Some(why) => Err(WgError::NotAvailable(why)),
-        }
+        super::available_unless(unavailable_reason())
     }
 
     fn check_privileges(&self) -> Result<()> {
-        if super::has_capability(super::CAP_NET_ADMIN) {
-            Ok(())
-        } else {
-            Err(WgError::PermissionDenied(
-                "the kernel backend needs CAP_NET_ADMIN (root, setcap cap_net_admin+ep on \
-                 node, or systemd AmbientCapabilities=CAP_NET_ADMIN)"
-                    .into(),
-            ))
-        }
+        super::require_net_admin(NAME)
     }
 
     fn routes_full_tunnel(&self) -> bool {

@@ -174,6 +174,25 @@ pub fn has_capability(cap: u32) -> bool {
 
 pub const CAP_NET_ADMIN: u32 = 12;
 
+/// `Backend::available` from a backend's "why not" (None: it can run).
+pub(crate) fn available_unless(why: Option<String>) -> Result<()> {
+    match why {
+        None => Ok(()),
+        Some(why) => Err(WgError::NotAvailable(why)),
+    }
+}
+
+/// `Backend::check_privileges` of a native backend: CAP_NET_ADMIN (the uid does not matter).
+pub(crate) fn require_net_admin(backend: &str) -> Result<()> {
+    if has_capability(CAP_NET_ADMIN) {
+        return Ok(());
+    }
+    Err(WgError::PermissionDenied(format!(
+        "the {backend} backend needs CAP_NET_ADMIN (root, setcap cap_net_admin+ep on node, or \
+         systemd AmbientCapabilities=CAP_NET_ADMIN)"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

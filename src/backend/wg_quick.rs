@@ -119,10 +119,7 @@ impl Backend for WgQuick {
     }
 
     fn available(&self) -> Result<()> {
-        match unavailable_reason() {
-            None => Ok(()),
-            Some(why) => Err(WgError::NotAvailable(why)),
-        }
+        super::available_unless(unavailable_reason())
     }
 
     fn up(&self, cfg: &TunnelConfig, ctx: &mut UpContext) -> Result<Box<dyn Tunnel>> {
