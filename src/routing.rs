@@ -197,6 +197,28 @@ pub struct Routed {
     pub notes: Vec<String>,
 }
 
+impl Routed {
+    /// The `routing` progress detail: the full tunnel's table and rule families, or how many
+    /// routes a split tunnel got (`routes`), then the notes.
+    pub fn describe(&self, routes: usize) -> String {
+        let mut detail = match self.table {
+            Some(t) => {
+                let fams: Vec<&str> = self.families.iter().map(|f| f.as_str()).collect();
+                format!(
+                    "full tunnel: table {t}, fwmark {t:#x}, rules for {}",
+                    fams.join(" ")
+                )
+            }
+            None => format!("{routes} route(s)"),
+        };
+        for n in &self.notes {
+            detail.push_str("; note: ");
+            detail.push_str(n);
+        }
+        detail
+    }
+}
+
 /// Link up with `mtu`, the addresses, then routes for `allowed` (and, with `table`, the full
 /// tunnel's default routes and rules). `allowed` holds only the families to route (the
 /// caller leaves IPv6 out on a host without it). On error, what was added may remain: the

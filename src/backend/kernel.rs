@@ -527,23 +527,7 @@ impl Backend for Kernel {
 
         match routing::up(index, cfg.mtu as u32, &cfg.addresses, &allowed, table) {
             Ok(routed) => {
-                let mut detail = match routed.table {
-                    Some(t) => format!(
-                        "full tunnel: table {t}, fwmark {t:#x}, rules for {}",
-                        routed
-                            .families
-                            .iter()
-                            .map(|f| f.as_str())
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    ),
-                    None => format!("{} route(s)", allowed.len()),
-                };
-                for n in &routed.notes {
-                    detail.push_str("; note: ");
-                    detail.push_str(n);
-                }
-                (ctx.progress)("routing", &detail);
+                (ctx.progress)("routing", &routed.describe(allowed.len()));
                 Ok(Box::new(tunnel))
             }
             Err(e) => fail(&tunnel, WgError::setup("routing", e)),
