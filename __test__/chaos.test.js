@@ -137,6 +137,42 @@ test(`chaos: ${ROUNDS} owners SIGKILLed at random moments; each converges within
   assert.equal(converged.length, ROUNDS)
 })
 
+// Kills aimed at bring-up: random delays land there rarely (a step takes a millisecond or
+// two), so each round here waits for one progress step and kills 0-3 ms after it. This found
+// a saved resolv.conf original (or its temp file) that no cleanup path removed.
+const AIMED_STEPS = ['state-dir', 'owner-record', 'interface-up', 'routing', 'kernel-ready', 'dns']
+const AIMED_ROUNDS = Number(process.env.BW_CHAOS_AIMED_ROUNDS) || 36
+test(`chaos: ${AIMED_ROUNDS} owners SIGKILLed just after a bring-up step; each converges within 1 s`, { timeout: 60_000 + AIMED_ROUNDS * 3000 }, async (t) => {
+  const tmp = tmpdir(t)
+  const name = `${tb.prefix}a`
+  const plan = { config: tb.tunnelConfig(0, { allowedIps: FULL, name }), progress: true, holdMs: 30, then: 'disconnect' }
+  const failures = []
+  const converged = []
+  for (let round = 0; round < AIMED_ROUNDS; round++) {
+    const step = AIMED_STEPS[round % AIMED_STEPS.length]
+    const a = startAgent(tb, plan, { tmp })
+    let killedAt = null
+    const onData = () => {
+      if (killedAt !== null || !a.events.some((e) => e.step === step)) return
+      killedAt = performance.now()
+      setTimeout(() => a.child.kill('SIGKILL'), Math.random() * 3)
+    }
+    a.child.stdout.on('data', () => setImmediate(onData))
+    const exit = await a.exited
+    const r = await waitClean(tb, { t0: killedAt ?? performance.now(), boundMs: 3000, names: [name], tmp, original })
+    if (r.clean && r.ms < CONVERGE_MS) converged.push(r.ms)
+    else {
+      failures.push({ round, step, signal: exit.signal, ms: Math.round(r.ms), problems: r.problems, events: a.events.map((e) => e.step || e.event) })
+      if (!r.clean) await waitClean(tb, { boundMs: 10_000, names: [name], tmp, original })
+    }
+  }
+  t.diagnostic(`converged: ${converged.length}/${AIMED_ROUNDS}, median ${median(converged).toFixed(1)} ms, worst ${Math.max(...converged).toFixed(1)} ms`)
+  assert.deepEqual(failures, [], 'rounds that did not converge')
+  // And the name is usable again.
+  const fresh = await runAgent(tb, plan, { tmp })
+  assert.equal(fresh.event('disconnected')?.report.gone, true, JSON.stringify(fresh.events))
+})
+
 // The kill points the random rounds found (or could only hit by luck), pinned down: strace
 // SIGKILLs the agent at one exact syscall. `-f` follows the agent's threads (the addon works
 // on libuv's), `-b execve` lets go of the children it execs (its watchdog), `-P` limits the

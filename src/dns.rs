@@ -381,10 +381,16 @@ fn restore_at(at: &At, name: &str, is_live: &dyn Fn(&str) -> bool) -> bool {
     // The cheap way out (no lock, no write): no entry, and resolv.conf does not even claim to
     // be ours for `name`.
     if !entry.is_some_and(|e| e.method == DnsMethod::File) {
-        // ...unless a kill inside `apply` left its temp entry (and maybe an original no
-        // tunnel uses): those are dropped under the lock.
-        let cut_apply =
-            fs::symlink_metadata(at.dir.join(format!(".{}.tmp", entry_file(name)))).is_ok();
+        // ...unless a kill inside `apply` may have left a saved original (whole, or as its
+        // temp file) or its temp entry: those are dropped under the lock if no tunnel uses
+        // them.
+        let cut_apply = [
+            format!(".{}.tmp", entry_file(name)),
+            format!(".{ORIG_FILE}.tmp"),
+            ORIG_FILE.to_string(),
+        ]
+        .iter()
+        .any(|f| fs::symlink_metadata(at.dir.join(f)).is_ok());
         match read_current(at.resolv) {
             Ok(cur) if cur.header() == Some((at.netns, name)) => {}
             _ if cut_apply => {}
@@ -400,6 +406,9 @@ fn restore_at(at: &At, name: &str, is_live: &dyn Fn(&str) -> bool) -> bool {
 
 /// The resolv.conf part of `restore_at`, under the namespace lock.
 fn restore_file(at: &At, name: &str, is_live: &dyn Fn(&str) -> bool) -> bool {
+    // Every writer of the original holds this lock: a temp original seen under it is the
+    // remains of an owner killed while saving it, never a write in progress.
+    remove_state(at.dir, &format!(".{ORIG_FILE}.tmp"));
     let had_entry = read_entry(at.dir, name).is_some_and(|e| e.method == DnsMethod::File);
     // Unreadable (an I/O error): keep the state, a later restore tries again.
     let Ok(cur) = read_current(at.resolv) else {
@@ -417,7 +426,6 @@ fn restore_file(at: &At, name: &str, is_live: &dyn Fn(&str) -> bool) -> bool {
             .any(|(_, e)| e.method == DnsMethod::File);
         if ours.is_none() && !any_file_entry {
             remove_state(at.dir, ORIG_FILE);
-            remove_state(at.dir, &format!(".{ORIG_FILE}.tmp"));
         }
         return false;
     }
@@ -1665,25 +1673,52 @@ mod tests {
         assert_eq!(effective(&plain), plain);
     }
 
-    #[test]
-    fn a_kill_inside_apply_leaves_nothing_after_restore() {
-        let e = env();
-        e.write(b"nameserver 192.0.2.53\n", 0o644);
-        // As if killed after saving the original, inside the entry's write.
-        let orig = Original::File {
-            bytes: b"nameserver 192.0.2.53\n".to_vec(),
-            mode: 0o644,
-        };
-        write_state(&e.dir, ORIG_FILE, &orig.encode()).unwrap();
-        fs::write(e.dir.join(".a.dns.tmp"), b"method resolv.conf\n").unwrap();
-        assert!(!e.restore("a", &[]));
-        let left: Vec<_> = fs::read_dir(&e.dir)
+    fn files_but_lock(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir)
             .unwrap()
             .filter_map(|d| d.ok())
             .map(|d| d.file_name().into_string().unwrap())
             .filter(|f| f != "lock")
-            .collect();
-        assert!(left.is_empty(), "left: {left:?}");
-        assert_eq!(fs::read(&e.resolv).unwrap(), b"nameserver 192.0.2.53\n");
+            .collect()
+    }
+
+    /// Where an owner killed inside `apply` can stop: what it leaves in the state dir.
+    #[test]
+    fn a_kill_inside_apply_leaves_nothing_after_restore() {
+        const RESOLV: &[u8] = b"nameserver 192.0.2.53\n";
+        let orig = Original::File {
+            bytes: RESOLV.to_vec(),
+            mode: 0o644,
+        }
+        .encode();
+        type Files<'a> = &'a [(String, &'a [u8])];
+        let cases: [(&str, Files); 3] = [
+            (
+                "inside the original's write",
+                &[(format!(".{ORIG_FILE}.tmp"), b"trunc")],
+            ),
+            (
+                "after saving the original",
+                &[(ORIG_FILE.to_string(), &orig)],
+            ),
+            (
+                "inside the entry's write",
+                &[
+                    (ORIG_FILE.to_string(), &orig),
+                    (".a.dns.tmp".to_string(), b"method resolv.conf\n"),
+                ],
+            ),
+        ];
+        for (when, files) in cases {
+            let e = env();
+            e.write(RESOLV, 0o644);
+            for (f, bytes) in files {
+                write_state(&e.dir, f, bytes).unwrap();
+            }
+            assert!(!e.restore("a", &[]), "{when}");
+            let left = files_but_lock(&e.dir);
+            assert!(left.is_empty(), "{when}: left {left:?}");
+            assert_eq!(fs::read(&e.resolv).unwrap(), RESOLV, "{when}");
+        }
     }
 }
