@@ -78,7 +78,8 @@ export interface ConnectOptions {
    * state directory), `sweep` (only when dead owners' leftovers were removed), `converge`
    * (only when a leftover of the same name was removed), `owner-record`, `write-config`
    * (wg-quick backend only), `interface-up`, `routing` (embedded backend), `kernel-ready`,
-   * `dns` (when DNS is applied), `ready`.
+   * `handshake` (the first completed handshake with the node), `dns` (when DNS is applied),
+   * `ready`. `resolve` comes after `validate` when the endpoint is a host name.
    */
   onProgress?: (step: string, detail: string) => void
   /**
@@ -90,6 +91,13 @@ export interface ConnectOptions {
    * `wg-quick`.
    */
   backend?: 'auto' | 'embedded' | 'wg-quick' | 'kernel'
+  /**
+   * How long `connect` waits for the first completed handshake with the node before it
+   * rolls everything back and rejects with `WG_NO_CONNECTIVITY` (default 5000, at most
+   * 120000). `0` does not wait: the Promise then resolves once the interface is up, before
+   * anything is known of the node.
+   */
+  handshakeTimeoutMs?: number
 }
 
 /**
@@ -239,6 +247,11 @@ export interface TunnelInfo {
    */
   watchdogPid?: number
   connectMs: number
+  /**
+   * From the call to the first completed handshake with the node; absent when
+   * `handshakeTimeoutMs: 0` turned the wait off.
+   */
+  handshakeMs?: number
   steps: Array<StepTime>
 }
 
@@ -256,16 +269,19 @@ export interface TunnelStatus {
   fullTunnel?: boolean
   backend?: string
   /**
-   * Milliseconds since the last completed handshake, read from the device (kernel and
-   * embedded backends); absent before the first handshake or when the backend cannot tell.
+   * Milliseconds since the last completed handshake with the node, read from the device
+   * (every backend); absent before the first handshake, or when this process does not
+   * manage the tunnel.
    */
-  lastHandshakeMs?: number
-  /** Bytes received from / sent to the peer (kernel and embedded backends). */
+  lastHandshakeAgoMs?: number
+  /** Bytes received from / sent to the node, read from the device. */
   rxBytes?: number
   txBytes?: number
-  /**
-   * The peer's endpoint as the device sees it now (`ip:port`; kernel and embedded
-   * backends).
-   */
+  /** The node's endpoint as the device uses it now (`ip:port`). */
   endpoint?: string
+  /**
+   * The interface is up and its last handshake is younger than WireGuard's reject-after
+   * time (180 s): traffic can flow. False when unknown.
+   */
+  healthy: boolean
 }

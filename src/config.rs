@@ -386,6 +386,59 @@ pub struct Endpoint {
     pub port: u16,
 }
 
+/// How long a host-name endpoint may take to resolve.
+pub const RESOLVE_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl Endpoint {
+    /// The endpoint as a socket address when its host is an IP literal.
+    pub fn literal(&self) -> Option<std::net::SocketAddr> {
+        IpAddr::from_str(&self.host)
+            .ok()
+            .map(|ip| std::net::SocketAddr::new(ip, self.port))
+    }
+
+    /// Resolve the endpoint: an IP literal at once; a host name through the C library
+    /// (`/etc/hosts`, then DNS as the namespace configures it; no program is run), in a
+    /// thread of its own so that a resolver that hangs costs at most `bound` (the thread is
+    /// left to finish on its own). The first address the resolver gives is used.
+    pub fn resolve(&self, bound: std::time::Duration) -> Result<std::net::SocketAddr> {
+        use std::net::ToSocketAddrs;
+        if let Some(a) = self.literal() {
+            return Ok(a);
+        }
+        let unresolved = |detail: String| WgError::EndpointUnresolved {
+            host: self.host.clone(),
+            detail,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (host, port) = (self.host.clone(), self.port);
+        std::thread::Builder::new()
+            .name("blue-wg-resolve".into())
+            .spawn(move || {
+                let r = (host.as_str(), port)
+                    .to_socket_addrs()
+                    .map(|mut a| a.next());
+                let _ = tx.send(r);
+            })
+            .map_err(|e| unresolved(format!("cannot start the resolver: {e}")))?;
+        match rx.recv_timeout(bound) {
+            Ok(Ok(Some(a))) => Ok(a),
+            Ok(Ok(None)) => Err(unresolved("it has no address".into())),
+            Ok(Err(e)) => Err(unresolved(e.to_string())),
+            Err(_) => Err(unresolved(format!("no answer within {} ms", bound.as_millis()))),
+        }
+    }
+}
+
+impl From<std::net::SocketAddr> for Endpoint {
+    fn from(a: std::net::SocketAddr) -> Self {
+        Endpoint {
+            host: a.ip().to_string(),
+            port: a.port(),
+        }
+    }
+}
+
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match IpAddr::from_str(&self.host) {

@@ -21,6 +21,15 @@ pub enum WgError {
     NotWireGuard { name: String, driver: String },
     /// Reading or writing a local file failed.
     Io { what: String, detail: String },
+    /// The node's host name did not resolve (within its bound). Nothing was changed.
+    EndpointUnresolved { host: String, detail: String },
+    /// The tunnel came up but no handshake with the node completed in time; everything was
+    /// rolled back. `detail` says what was seen.
+    NoConnectivity {
+        endpoint: String,
+        waited_ms: u64,
+        detail: String,
+    },
 }
 
 impl WgError {
@@ -34,6 +43,27 @@ impl WgError {
             WgError::SetupFailed { .. } => "TUNNEL_SETUP_FAILED",
             WgError::NameInUse { .. } | WgError::NotWireGuard { .. } => "WG_NAME_IN_USE",
             WgError::Io { .. } => "WG_IO_ERROR",
+            WgError::EndpointUnresolved { .. } => "WG_ENDPOINT_UNRESOLVED",
+            WgError::NoConnectivity { .. } => "WG_NO_CONNECTIVITY",
+        }
+    }
+
+    /// Whether the same call, made again unchanged, may succeed: the failure came from a
+    /// state that can pass (a node that did not answer, a step that raced another process),
+    /// not from the input or the host (a bad key, a missing capability, a name nobody can
+    /// resolve, a name another process owns).
+    pub fn retryable(&self) -> bool {
+        match self {
+            WgError::SetupFailed { .. } | WgError::Io { .. } | WgError::NoConnectivity { .. } => {
+                true
+            }
+            WgError::InvalidOptions { .. }
+            | WgError::ConfigDirUnsafe { .. }
+            | WgError::PermissionDenied(_)
+            | WgError::NotAvailable(_)
+            | WgError::NameInUse { .. }
+            | WgError::NotWireGuard { .. }
+            | WgError::EndpointUnresolved { .. } => false,
         }
     }
 
@@ -85,6 +115,21 @@ impl fmt::Display for WgError {
                  {driver}); refusing to replace it: choose another name"
             ),
             WgError::Io { what, detail } => write!(f, "{what}: {detail}"),
+            WgError::EndpointUnresolved { host, detail } => write!(
+                f,
+                "the node's endpoint host {host:?} did not resolve: {detail}; nothing was \
+                 changed (check the name, or pass the node's IP address)"
+            ),
+            WgError::NoConnectivity {
+                endpoint,
+                waited_ms,
+                detail,
+            } => write!(
+                f,
+                "no handshake with the node at {endpoint} within {waited_ms} ms ({detail}); \
+                 the tunnel was rolled back and nothing is left. The node may be down or \
+                 unreachable, or its public key (or the node's copy of ours) may be wrong"
+            ),
         }
     }
 }

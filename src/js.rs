@@ -19,12 +19,19 @@ use crate::error::WgError;
 use crate::teardown::TeardownReport as CoreReport;
 use crate::{confdir, registry, tunnel};
 
-/// The JS error for a core error: `message`, and `code` set to the contract string.
+/// The JS error for a core error: `message`, `code` set to the contract string, and
+/// `retryable` (whether the same call, made again, may succeed).
 fn js_error(env: &Env, e: &WgError) -> napi::Error {
     let err: napi::Error<String> = napi::Error::new(e.code().to_string(), e.to_string());
     // SAFETY: env is the live env of this call; the value is converted on its own thread.
     match unsafe { ToNapiValue::to_napi_value(env.raw(), err) } {
-        Ok(v) => napi::Error::from(unsafe { Unknown::from_raw_unchecked(env.raw(), v) }),
+        Ok(v) => {
+            // SAFETY: `v` is the Error object just made in this env.
+            if let Ok(mut obj) = unsafe { Object::from_napi_value(env.raw(), v) } {
+                let _ = obj.set_named_property("retryable", e.retryable());
+            }
+            napi::Error::from(unsafe { Unknown::from_raw_unchecked(env.raw(), v) })
+        }
         Err(e) => e,
     }
 }
@@ -149,7 +156,8 @@ pub struct ConnectOptions {
     /// state directory), `sweep` (only when dead owners' leftovers were removed), `converge`
     /// (only when a leftover of the same name was removed), `owner-record`, `write-config`
     /// (wg-quick backend only), `interface-up`, `routing` (embedded backend), `kernel-ready`,
-    /// `dns` (when DNS is applied), `ready`.
+    /// `handshake` (the first completed handshake with the node), `dns` (when DNS is applied),
+    /// `ready`. `resolve` comes after `validate` when the endpoint is a host name.
     #[napi(ts_type = "(step: string, detail: string) => void")]
     pub on_progress: Option<()>,
     /// Which backend brings the tunnel up: `auto` (the default, or `BLUE_WG_BACKEND`):
@@ -160,6 +168,11 @@ pub struct ConnectOptions {
     /// `wg-quick`.
     #[napi(ts_type = "'auto' | 'embedded' | 'wg-quick' | 'kernel'")]
     pub backend: Option<String>,
+    /// How long `connect` waits for the first completed handshake with the node before it
+    /// rolls everything back and rejects with `WG_NO_CONNECTIVITY` (default 5000, at most
+    /// 120000). `0` does not wait: the Promise then resolves once the interface is up, before
+    /// anything is known of the node.
+    pub handshake_timeout_ms: Option<u32>,
 }
 
 /// The tunnel config. Values from the node are hostile: every field is validated before
@@ -234,6 +247,9 @@ pub struct TunnelInfo {
     /// hooks (SIGKILL, OOM); absent with `BLUE_WG_NO_WATCHDOG=1`.
     pub watchdog_pid: Option<u32>,
     pub connect_ms: f64,
+    /// From the call to the first completed handshake with the node; absent when
+    /// `handshakeTimeoutMs: 0` turned the wait off.
+    pub handshake_ms: Option<f64>,
     pub steps: Vec<StepTime>,
 }
 
@@ -300,15 +316,18 @@ pub struct TunnelStatus {
     pub uptime_ms: Option<f64>,
     pub full_tunnel: Option<bool>,
     pub backend: Option<String>,
-    /// Milliseconds since the last completed handshake, read from the device (kernel and
-    /// embedded backends); absent before the first handshake or when the backend cannot tell.
-    pub last_handshake_ms: Option<f64>,
-    /// Bytes received from / sent to the peer (kernel and embedded backends).
+    /// Milliseconds since the last completed handshake with the node, read from the device
+    /// (every backend); absent before the first handshake, or when this process does not
+    /// manage the tunnel.
+    pub last_handshake_ago_ms: Option<f64>,
+    /// Bytes received from / sent to the node, read from the device.
     pub rx_bytes: Option<f64>,
     pub tx_bytes: Option<f64>,
-    /// The peer's endpoint as the device sees it now (`ip:port`; kernel and embedded
-    /// backends).
+    /// The node's endpoint as the device uses it now (`ip:port`).
     pub endpoint: Option<String>,
+    /// The interface is up and its last handshake is younger than WireGuard's reject-after
+    /// time (180 s): traffic can flow. False when unknown.
+    pub healthy: bool,
 }
 
 /// What a connect brings up: a config object, or a wg-quick file (the compat path).
@@ -320,6 +339,7 @@ enum Source {
 pub struct ConnectTask {
     raw: std::result::Result<Source, WgError>,
     backend: Option<String>,
+    handshake_timeout: Option<Duration>,
     progress: Option<Progress>,
     env_id: u64,
     ticket: Option<registry::Ticket>,
@@ -386,6 +406,7 @@ impl ConnectTask {
         let opts = tunnel::ConnectOptions {
             backend: self.backend.take(),
             runtime,
+            handshake_timeout: self.handshake_timeout,
         };
         let result = tunnel::connect(raw, source.as_deref(), self.env_id, opts, &report);
         let (lock, cv) = &*delivered;
@@ -416,6 +437,7 @@ fn resolve_info(
             replaced_stale: i.replaced_stale,
             watchdog_pid: i.watchdog_pid,
             connect_ms: i.connect_ms,
+            handshake_ms: i.handshake_ms,
             steps: i
                 .steps
                 .into_iter()
@@ -479,12 +501,34 @@ fn string_arg(v: Option<&Unknown>, field: &str) -> std::result::Result<Option<St
     }
 }
 
+/// `options.handshakeTimeoutMs`: absent, or a whole number of ms up to the maximum.
+fn handshake_timeout_arg(v: Option<&Unknown>) -> std::result::Result<Option<Duration>, WgError> {
+    let field = "options.handshakeTimeoutMs";
+    let max = crate::handshake::MAX_TIMEOUT.as_millis() as f64;
+    let Some(v) = v else { return Ok(None) };
+    match v.get_type() {
+        Ok(ValueType::Undefined | ValueType::Null) => Ok(None),
+        Ok(ValueType::Number) => {
+            let n = unsafe { v.cast::<f64>() }.map_err(|_| WgError::invalid(field, "must be a number"))?;
+            if n.fract() != 0.0 || !(0.0..=max).contains(&n) {
+                return Err(WgError::invalid(
+                    field,
+                    format!("must be a whole number of ms from 0 to {max}, got {n}"),
+                ));
+            }
+            Ok(Some(Duration::from_millis(n as u64)))
+        }
+        _ => Err(WgError::invalid(field, "must be a number")),
+    }
+}
+
 fn connect_task(
     mut raw: std::result::Result<Source, WgError>,
     options: Option<Unknown>,
 ) -> Result<AsyncTask<ConnectTask>> {
     let mut progress = None;
     let mut backend = None;
+    let mut handshake_timeout = None;
     if let Some(opts) = options {
         match opts.get_type()? {
             ValueType::Undefined | ValueType::Null => {}
@@ -496,6 +540,10 @@ fn connect_task(
                         Ok(c) => backend = Some(c.to_string()),
                         Err(e) => raw = Err(e),
                     },
+                    Err(e) => raw = Err(e),
+                }
+                match handshake_timeout_arg(obj.get::<Unknown>("handshakeTimeoutMs")?.as_ref()) {
+                    Ok(t) => handshake_timeout = t,
                     Err(e) => raw = Err(e),
                 }
                 if let Some(f) = obj.get::<Unknown>("onProgress")? {
@@ -521,6 +569,7 @@ fn connect_task(
     Ok(AsyncTask::new(ConnectTask {
         raw,
         backend,
+        handshake_timeout,
         progress,
         env_id: ENV_ID.with(|c| c.get()),
         ticket: Some(registry::Ticket::take()),
@@ -638,7 +687,8 @@ pub fn status(env: Env, name: Option<Unknown>) -> Result<TunnelStatus> {
         uptime_ms: s.uptime_ms,
         full_tunnel: s.full_tunnel,
         backend: s.backend,
-        last_handshake_ms: s.stats.as_ref().and_then(|x| x.last_handshake_ms),
+        healthy: s.healthy,
+        last_handshake_ago_ms: s.stats.as_ref().and_then(|x| x.last_handshake_ms),
         rx_bytes: s.stats.as_ref().map(|x| x.rx_bytes as f64),
         tx_bytes: s.stats.as_ref().map(|x| x.tx_bytes as f64),
         endpoint: s.stats.and_then(|x| x.endpoint),

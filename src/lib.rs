@@ -9,6 +9,7 @@ pub mod confdir;
 pub mod config;
 pub mod dns;
 pub mod error;
+pub mod handshake;
 pub mod netdev;
 pub mod netlink;
 pub mod owner;

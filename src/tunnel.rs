@@ -28,6 +28,9 @@ pub struct ConnectOptions {
     pub backend: Option<String>,
     /// The async runtime the embedded backend runs on (napi's, in the addon).
     pub runtime: Option<tokio::runtime::Handle>,
+    /// How long to wait for the first handshake (None: `handshake::DEFAULT_TIMEOUT`; zero:
+    /// do not wait).
+    pub handshake_timeout: Option<std::time::Duration>,
 }
 
 /// What `connect` brought up.
@@ -48,6 +51,8 @@ pub struct TunnelInfo {
     pub replaced_stale: bool,
     pub watchdog_pid: Option<u32>,
     pub connect_ms: f64,
+    /// From the call to the first completed handshake (None when not waited for).
+    pub handshake_ms: Option<f64>,
     pub steps: Vec<(String, f64)>,
 }
 
@@ -63,8 +68,10 @@ pub struct TunnelStatus {
     pub uptime_ms: Option<f64>,
     pub full_tunnel: Option<bool>,
     pub backend: Option<String>,
-    /// From the device itself (backends that can tell: embedded).
+    /// From the device itself.
     pub stats: Option<backend::Stats>,
+    /// Up, with a handshake younger than WireGuard's reject-after time.
+    pub healthy: bool,
 }
 
 /// Read a wg-quick file for `connectConfigFile`: a regular file of at most 64 KiB, named
@@ -135,10 +142,21 @@ pub fn connect(
         progress(step, detail);
     };
 
-    let cfg = TunnelConfig::from_raw(raw)?;
+    let mut cfg = TunnelConfig::from_raw(raw)?;
     let name = cfg.name.clone();
     let be: &dyn Backend = backend::select(opts.backend.as_deref())?;
     mark("validate", &name, &mut steps);
+    // A host-name endpoint is resolved here, bounded, before anything is changed; every
+    // backend then gets the address.
+    if cfg.peer.endpoint.literal().is_none() {
+        let host = cfg.peer.endpoint.host.clone();
+        let addr = cfg.peer.endpoint.resolve(crate::config::RESOLVE_BOUND)?;
+        cfg.peer.endpoint = crate::config::Endpoint::from(addr);
+        mark("resolve", &format!("{host} -> {addr}"), &mut steps);
+    }
+    let handshake = opts
+        .handshake_timeout
+        .unwrap_or(crate::handshake::DEFAULT_TIMEOUT);
     // Refused before anything is written or run (wg-quick would otherwise re-run itself
     // under sudo and wait for a password).
     be.check_privileges()?;
@@ -300,7 +318,7 @@ pub fn connect(
             runtime: opts.runtime.as_ref(),
             progress: &mut progress,
         };
-        bring_up(be, &state, &cfg, &mut ctx)
+        bring_up(be, &state, &cfg, &mut ctx, handshake)
     });
     // The watchdog started while the tunnel came up: it must be watching before we return.
     let result = result.and_then(|m| match &watchdog {
@@ -323,6 +341,10 @@ pub fn connect(
         }
     };
     let connect_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let handshake_ms = steps
+        .iter()
+        .find(|(s, _)| s == "handshake")
+        .map(|(_, ms)| *ms);
     mark("ready", &name, &mut steps);
     let fmt = |v: &[ipnet::IpNet]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
     Ok(TunnelInfo {
@@ -348,6 +370,7 @@ pub fn connect(
         ipv6,
         replaced_stale: stale,
         connect_ms,
+        handshake_ms,
         steps,
     })
 }
@@ -443,15 +466,18 @@ fn claim_name(state: &StateDir, requested: &str) -> Result<(String, Claimed, boo
 /// (None when another user squats on the claim's socket).
 type Claimed = (NameLock, Option<NsClaim>);
 
+/// The steps after `connect` holds the name: the backend's bring-up, the interface up, the
+/// first handshake (unless `handshake` is zero), DNS.
 fn bring_up(
     be: &dyn Backend,
     state: &StateDir,
     cfg: &TunnelConfig,
     ctx: &mut UpContext,
+    handshake: std::time::Duration,
 ) -> Result<Option<dns::DnsMethod>> {
-    let tunnel = be.up(cfg, ctx)?;
+    let tunnel: Arc<dyn backend::Tunnel> = Arc::from(be.up(cfg, ctx)?);
     // From here on the cleanup routine stops the tunnel through its handle.
-    registry::set_tunnel(&cfg.name, Arc::from(tunnel));
+    registry::set_tunnel(&cfg.name, Arc::clone(&tunnel));
     cmd::wait_until(READY_BOUND, || {
         netdev::link_state(&cfg.name).filter(|s| s.up)
     })
@@ -462,6 +488,13 @@ fn bring_up(
         )
     })?;
     (ctx.progress)("kernel-ready", &cfg.name);
+    // Before DNS: a node that does not answer costs the host nothing but this wait.
+    if !handshake.is_zero() {
+        let t = std::time::Instant::now();
+        crate::handshake::wait(tunnel.as_ref(), cfg, handshake)?;
+        let waited = t.elapsed().as_secs_f64() * 1000.0;
+        (ctx.progress)("handshake", &format!("{} after {waited:.1} ms", cfg.peer.endpoint));
+    }
     if cfg.dns.is_empty() {
         return Ok(None);
     }
@@ -558,7 +591,18 @@ pub fn status(name: Option<&str>) -> Result<TunnelStatus> {
     };
     let link = netdev::link_state(&name);
     let active = registry::get(&name);
+    let stats = active
+        .as_ref()
+        .and_then(|a| a.tunnel.as_ref())
+        .and_then(|t| t.stats().ok());
+    let healthy = link.as_ref().is_some_and(|l| l.up)
+        && stats
+            .as_ref()
+            .and_then(|s| s.last_handshake_ms)
+            .is_some_and(|ms| ms < crate::handshake::REJECT_AFTER.as_secs_f64() * 1000.0);
     Ok(TunnelStatus {
+        healthy,
+        stats,
         exists: link.is_some(),
         up: link.as_ref().map(|l| l.up).unwrap_or(false),
         mtu: link.as_ref().map(|l| l.mtu).unwrap_or(0),
@@ -568,10 +612,6 @@ pub fn status(name: Option<&str>) -> Result<TunnelStatus> {
             .as_ref()
             .map(|a| a.started.elapsed().as_secs_f64() * 1000.0),
         full_tunnel: active.as_ref().map(|a| a.full_tunnel),
-        stats: active
-            .as_ref()
-            .and_then(|a| a.tunnel.as_ref())
-            .and_then(|t| t.stats().ok()),
         backend: active.map(|a| a.backend.to_string()),
         name,
     })

@@ -54,7 +54,24 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def do_GET(self):
+        if self.path.startswith("/bytes/"):
+            return self._bytes()
         self._reply(True)
+
+    def _bytes(self):
+        """GET /bytes/N: N bytes (at most 64 MiB), for counters that must grow by a download."""
+        try:
+            n = max(0, min(int(self.path[len("/bytes/"):]), 64 << 20))
+        except ValueError:
+            n = 0
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(n))
+        self.end_headers()
+        chunk = b"x" * 65536
+        while n > 0:
+            self.wfile.write(chunk[:n])
+            n -= min(n, len(chunk))
 
     def do_HEAD(self):
         self._reply(False)
@@ -62,6 +79,21 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):
         log("http %s -> %s %s" % (self.client_address[0],
                                   self.connection.getsockname()[0], fmt % args))
+
+
+class KeepAliveHandler(Handler):
+    """HTTP/1.1 with keep-alive (port 8080): one connection carries many requests, so a
+    test can tell whether a change to the tunnel dropped open connections."""
+    protocol_version = "HTTP/1.1"
+
+    def _reply(self, send_body):
+        body = self._body()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
 
 
 class HTTPServer(ThreadingHTTPServer):
@@ -157,6 +189,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--http-addr", default="0.0.0.0")
     ap.add_argument("--http-port", type=int, default=80)
+    ap.add_argument("--keepalive-port", type=int, default=8080)
     ap.add_argument("--dns-addr", default="10.8.0.1")
     ap.add_argument("--dns-port", type=int, default=53)
     ap.add_argument("--dns-name", default="test.sentinel.internal")
@@ -169,6 +202,8 @@ def main():
     dns_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     dns_sock.bind((args.dns_addr, args.dns_port))
     httpd = HTTPServer((args.http_addr, args.http_port), Handler)
+    keepalive = HTTPServer((args.http_addr, args.keepalive_port), KeepAliveHandler)
+    threading.Thread(target=keepalive.serve_forever, daemon=True).start()
 
     threading.Thread(target=serve_dns,
                      args=(dns_sock, args.dns_name.lower().rstrip("."), args.dns_answer),

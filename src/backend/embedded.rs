@@ -15,7 +15,6 @@
 //! full tunnel's policy rules stay (falling through to the main table, so nothing is
 //! black-holed) until `reap` removes them by exact match, from the table in the record.
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -40,6 +39,8 @@ const GONE_BOUND: Duration = Duration::from_secs(1);
 /// How long the device's own stop may take on the runtime (it only stops its tasks).
 const STOP_BOUND: Duration = Duration::from_secs(2);
 const TUN_DEVICE: &str = "/dev/net/tun";
+/// How long `initiate_handshake` waits for the handshake it asked for, holding the device.
+const HANDSHAKE_PUSH: Duration = Duration::from_millis(50);
 /// wireguard-go (what nodes run) drops a handshake initiation that arrives within 20 ms of
 /// the last one it accepted from the same peer (its flood guard); the initiator then retries
 /// only after REKEY_TIMEOUT (5 s). A new device for a node whose previous device of ours
@@ -121,16 +122,6 @@ fn wait_gone(name: &str) -> bool {
     cmd::wait_until(GONE_BOUND, || (!netdev::exists(name)).then_some(())).is_some()
 }
 
-pub(super) fn resolve(ep: &crate::config::Endpoint) -> Result<SocketAddr> {
-    // An IP literal resolves without any lookup; a hostname through the C library
-    // (in-process, no program is run).
-    (ep.host.as_str(), ep.port)
-        .to_socket_addrs()
-        .map_err(|e| WgError::setup("endpoint", format!("cannot resolve {}: {e}", ep.host)))?
-        .next()
-        .ok_or_else(|| WgError::setup("endpoint", format!("{} has no address", ep.host)))
-}
-
 fn network(n: &IpNet) -> ipnetwork::IpNetwork {
     ipnetwork::IpNetwork::new(n.addr(), n.prefix_len()).expect("a valid prefix length")
 }
@@ -200,6 +191,17 @@ impl Tunnel for EmbeddedTunnel {
             tx_bytes: p.stats.tx_bytes as u64,
             endpoint: p.peer.endpoint.map(|e| e.to_string()),
         })
+    }
+
+    /// gotatun is asked directly: it sends an initiation unless one is under way, and its
+    /// answer is awaited here for a moment (usually all it takes); `handshake::wait` goes on
+    /// from the device's stats. (The device stays locked meanwhile, hence the short bound.)
+    fn initiate_handshake(&self, _cfg: &TunnelConfig) {
+        let guard = self.device.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(dev) = guard.as_ref() else { return };
+        let _ = self.runtime.block_on(async {
+            tokio::time::timeout(HANDSHAKE_PUSH, dev.force_handshake(&self.peer)).await
+        });
     }
 
     fn set_config(&self, _cfg: &TunnelConfig) -> Result<()> {
@@ -285,7 +287,7 @@ impl Backend for Embedded {
             } else {
                 None
             };
-        let endpoint = resolve(&cfg.peer.endpoint)?;
+        let endpoint = cfg.peer.endpoint.resolve(crate::config::RESOLVE_BOUND)?;
 
         // The tun: created by this process, not persistent (gone with the last descriptor).
         let _enter = runtime.enter();

@@ -41,7 +41,7 @@ use netlink_packet_wireguard::{
     WireguardPeerFlags,
 };
 
-use super::embedded::{note_stop, resolve, rules_step, step, wait_handshake_gap};
+use super::embedded::{note_stop, rules_step, step, wait_handshake_gap};
 use super::{Backend, Stats, Tunnel, UpContext};
 use crate::cmd;
 use crate::config::TunnelConfig;
@@ -401,6 +401,24 @@ impl KernelTunnel {
     }
 }
 
+/// The stats of peer `key` of the kernel WireGuard interface `name`, whoever configured it
+/// (the wg-quick backend's tunnels on a host with the module).
+pub fn device_stats(name: &str, key: &[u8; 32]) -> Result<Stats> {
+    let fail = |e: io::Error| WgError::setup("stats", format!("WG_CMD_GET_DEVICE: {e}"));
+    let index = netdev::index(name)
+        .ok_or_else(|| WgError::setup("stats", format!("{name} does not exist")))?;
+    let mut nl = Netlink::open_generic().map_err(fail)?;
+    let family = family_id(&mut nl).map_err(fail)?;
+    let answers: Vec<WireguardMessage> = nl
+        .dump(genl(family, get_device(index)))
+        .map_err(fail)?
+        .into_iter()
+        .map(|g| g.payload)
+        .collect();
+    peer_stats(&answers, key, SystemTime::now())
+        .ok_or_else(|| WgError::setup("stats", "the peer is gone"))
+}
+
 impl Tunnel for KernelTunnel {
     fn name(&self) -> &str {
         &self.name
@@ -479,7 +497,7 @@ impl Backend for Kernel {
                 None
             };
         // Resolved before anything is created (a failure leaves nothing to undo).
-        let endpoint = resolve(&cfg.peer.endpoint)?;
+        let endpoint = cfg.peer.endpoint.resolve(crate::config::RESOLVE_BOUND)?;
         let spec = PeerSpec {
             public_key: cfg.peer.public_key.0,
             preshared_key: cfg.peer.preshared_key.as_ref().map(|k| k.0),

@@ -23,6 +23,7 @@ use crate::teardown::TeardownReport;
 
 pub mod embedded;
 pub mod kernel;
+pub mod uapi;
 pub mod wg_quick;
 
 /// Counters of a live tunnel, read from the device itself.
@@ -42,6 +43,11 @@ pub trait Tunnel: Send + Sync {
     fn backend(&self) -> &'static str;
     /// What the device says now.
     fn stats(&self) -> Result<Stats>;
+    /// Make the device start a handshake with the node now (it may not have a packet to
+    /// send yet). Best effort; `handshake::wait` says what came of it.
+    fn initiate_handshake(&self, cfg: &TunnelConfig) {
+        crate::handshake::nudge_if_quiet(cfg);
+    }
     /// Change the peer's allowed IPs (and their routes) without taking the tunnel down.
     fn set_config(&self, cfg: &TunnelConfig) -> Result<()>;
     /// Take the tunnel down: interface, routes, rules and the key file, if any (DNS is the

@@ -26,6 +26,8 @@ pub struct WgQuick;
 pub struct WgQuickTunnel {
     name: String,
     conf: PathBuf,
+    /// The node's public key (its stats are read by it).
+    peer: [u8; 32],
 }
 
 impl Tunnel for WgQuickTunnel {
@@ -37,10 +39,13 @@ impl Tunnel for WgQuickTunnel {
         NAME
     }
 
+    /// From the kernel over netlink when the module serves the tunnel, else from
+    /// wireguard-go's control socket: no program is run.
     fn stats(&self) -> Result<Stats> {
-        Err(WgError::NotAvailable(
-            "stats are not supported by the wg-quick backend yet".into(),
-        ))
+        match crate::netdev::driver(&self.name).as_deref() {
+            Some("wireguard") => super::kernel::device_stats(&self.name, &self.peer),
+            _ => super::uapi::stats(&self.name, &self.peer),
+        }
     }
 
     fn set_config(&self, _cfg: &TunnelConfig) -> Result<()> {
@@ -138,6 +143,7 @@ impl Backend for WgQuick {
         Ok(Box::new(WgQuickTunnel {
             name: cfg.name.clone(),
             conf: conf_path.to_path_buf(),
+            peer: cfg.peer.public_key.0,
         }))
     }
 

@@ -1,0 +1,156 @@
+//! "Connected" means packets flow: after bring-up, `connect` waits (bounded) for the first
+//! completed handshake with the node, read from the device itself (`Tunnel::stats`), and
+//! rolls everything back if none completes.
+//!
+//! What starts the handshake: a device with a persistent keepalive sends one as soon as it
+//! is up (the kernel and wireguard-go both do; the embedded device is asked directly, see
+//! `Tunnel::initiate_handshake`). Without a keepalive nothing would be sent until the
+//! caller's first packet, so one empty UDP datagram is sent into the tunnel (bound to the
+//! interface) to an address the node routes: the node's side of our subnet (Sentinel's
+//! gateway, e.g. 10.8.0.1), else the first host of the first allowed network.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+
+use crate::backend::Tunnel;
+use crate::cmd;
+use crate::config::TunnelConfig;
+use crate::error::{Result, WgError};
+
+/// The default bound of the wait (`options.handshakeTimeoutMs`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest bound a caller may ask for.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+/// WireGuard's REJECT_AFTER_TIME: a session older than this carries no traffic, so a tunnel
+/// whose last handshake is older is not healthy.
+pub const REJECT_AFTER: Duration = Duration::from_secs(180);
+/// The discard port: where the nudge datagram goes (nothing answers it, nothing needs to).
+const DISCARD_PORT: u16 = 9;
+
+fn nth_host(net: &IpNet, n: u128) -> Option<IpAddr> {
+    match net.trunc() {
+        IpNet::V4(v) => {
+            let base = u32::from(v.network()) as u128;
+            let ip = u32::try_from(base + n).ok()?;
+            let ip = Ipv4Addr::from(ip);
+            v.contains(&ip).then_some(IpAddr::V4(ip))
+        }
+        IpNet::V6(v) => {
+            let ip = Ipv6Addr::from(u128::from(v.network()).checked_add(n)?);
+            v.contains(&ip).then_some(IpAddr::V6(ip))
+        }
+    }
+}
+
+/// Where the nudge goes: an address the peer's allowed IPs cover and that is not ours.
+pub fn probe_target(cfg: &TunnelConfig) -> Option<IpAddr> {
+    let allowed = |ip: &IpAddr| cfg.peer.allowed_ips.iter().any(|n| n.contains(ip));
+    let ours = |ip: &IpAddr| cfg.addresses.iter().any(|a| a.addr() == *ip);
+    let subnets = cfg.addresses.iter().filter(|a| a.prefix_len() < a.max_prefix_len());
+    subnets
+        .chain(cfg.peer.allowed_ips.iter().filter(|n| n.prefix_len() > 0))
+        .flat_map(|net| (0..3).filter_map(move |n| nth_host(net, n)))
+        .find(|ip| allowed(ip) && !ours(ip) && !ip.is_unspecified())
+}
+
+/// Send one empty UDP datagram to `dst` out of interface `name`: the device then has a
+/// packet for the node and starts a handshake.
+pub fn nudge(name: &str, dst: IpAddr) -> std::io::Result<()> {
+    let any: SocketAddr = match dst {
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let sock = UdpSocket::bind(any)?;
+    // SAFETY: a valid socket and a buffer of the given length.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    sock.send_to(&[], (dst, DISCARD_PORT)).map(|_| ())
+}
+
+/// Start a handshake on a device that would not start one by itself (no keepalive).
+pub fn nudge_if_quiet(cfg: &TunnelConfig) {
+    if cfg.peer.persistent_keepalive > 0 {
+        return;
+    }
+    if let Some(dst) = probe_target(cfg) {
+        // Best effort: the wait below says what came of it.
+        let _ = nudge(&cfg.name, dst);
+    }
+}
+
+/// Wait until the device reports a completed handshake with the node, at most `bound`.
+/// Returns when it was seen; `WG_NO_CONNECTIVITY` (saying what was seen) otherwise.
+pub fn wait(tunnel: &dyn Tunnel, cfg: &TunnelConfig, bound: Duration) -> Result<Instant> {
+    tunnel.initiate_handshake(cfg);
+    let mut last = None;
+    let seen = cmd::wait_until(bound, || {
+        let s = tunnel.stats().ok()?;
+        let done = s.last_handshake_ms.is_some();
+        last = Some(s);
+        done.then(Instant::now)
+    });
+    seen.ok_or_else(|| {
+        let detail = match &last {
+            None => "the device could not be read".to_string(),
+            Some(s) if s.rx_bytes == 0 => {
+                format!("no reply at all; {} bytes sent", s.tx_bytes)
+            }
+            Some(s) => format!(
+                "{} bytes came back but no handshake completed: a reply our keys do not \
+                 match",
+                s.rx_bytes
+            ),
+        };
+        WgError::NoConnectivity {
+            endpoint: cfg.peer.endpoint.to_string(),
+            waited_ms: bound.as_millis() as u64,
+            detail,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RawConfig, RawKey, RawPeer};
+
+    fn cfg(addresses: &[&str], allowed: &[&str]) -> TunnelConfig {
+        let key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+        TunnelConfig::from_raw(RawConfig {
+            private_key: Some(RawKey::Text(key.into())),
+            addresses: Some(addresses.iter().map(|s| s.to_string()).collect()),
+            peer: Some(RawPeer {
+                public_key: Some("xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".into()),
+                endpoint: Some("192.0.2.1:51820".into()),
+                allowed_ips: Some(allowed.iter().map(|s| s.to_string()).collect()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_nudge_goes_to_the_nodes_side_of_our_subnet_or_the_first_allowed_host() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(probe_target(&cfg(&["10.8.0.2/24"], &["0.0.0.0/0"])), ip("10.8.0.1"));
+        assert_eq!(probe_target(&cfg(&["10.8.0.1/24"], &["0.0.0.0/0"])), ip("10.8.0.2"));
+        assert_eq!(probe_target(&cfg(&["10.8.0.2/32"], &["198.18.0.10/32"])), ip("198.18.0.10"));
+        assert_eq!(probe_target(&cfg(&["10.8.0.2/24"], &["198.18.0.0/24"])), ip("198.18.0.1"));
+        // Our subnet is not routed to the node and the only allowed network is a default.
+        assert_eq!(probe_target(&cfg(&["10.8.0.2/32"], &["0.0.0.0/0"])), None);
+    }
+}
