@@ -846,3 +846,4 @@ module.exports.prepareConfigDir = nativeBinding.prepareConfigDir
 module.exports.shredConfigFile = nativeBinding.shredConfigFile
 module.exports.status = nativeBinding.status
 module.exports.teardownLinuxInterface = nativeBinding.teardownLinuxInterface
+module.exports.update = nativeBinding.update

@@ -255,6 +255,21 @@ export interface TunnelInfo {
   steps: Array<StepTime>
 }
 
+/**
+ * What `update` may change on a live tunnel.
+ * (Declared for `index.d.ts`; values are converted by `to_input`.)
+ */
+export interface TunnelPatch {
+  /** The node's allowed IPs, as in `PeerConfig.allowedIps` (a `/0` makes a full tunnel). */
+  allowedIps?: Array<string>
+  /** DNS servers; `[]` leaves DNS alone (restoring what the tunnel had changed). */
+  dns?: Array<string>
+  /** Seconds, 0-65535; 0 turns it off. */
+  persistentKeepalive?: number
+  /** `IPv4:port`, `[IPv6]:port` or `hostname:port` (resolved, bounded, before any change). */
+  endpoint?: string
+}
+
 /** What the kernel says of a tunnel interface now. */
 export interface TunnelStatus {
   name: string
@@ -285,3 +300,16 @@ export interface TunnelStatus {
    */
   healthy: boolean
 }
+
+/**
+ * Change this process's live tunnel `name` in place: same interface, open connections kept,
+ * a few milliseconds. `patch` may set `allowedIps` (split <-> full, with the routing, rules
+ * and DNS that go with them), `dns`, `persistentKeepalive` and `endpoint`, validated as for
+ * `connect` before anything changes (an unknown key, or one that needs a new connect, is
+ * `INVALID_OPTIONS`). `dns` left out keeps what the tunnel was given (none given: the
+ * default of the new split or full tunnel). Resolves with the new `TunnelInfo`
+ * (`connectMs` is the update's time). Rejects with `WG_NOT_CONNECTED` when this process
+ * has no such tunnel up, `WG_NOT_AVAILABLE` for a wg-quick tunnel (reconnect instead); a
+ * failed change puts the old config back. Native backends (kernel, embedded) only.
+ */
+export declare function update(name: string, patch: TunnelPatch): Promise<TunnelInfo>

@@ -33,7 +33,7 @@ after(() => tb && tb.down())
 // Progress events reach JavaScript a little after Rust reports them: the phase is the one the
 // agent's JavaScript had seen, possibly one step behind the native code.
 const BEFORE = new Set(['validate', 'preflight', 'state-dir', 'sweep', 'converge'])
-const DURING = new Set(['owner-record', 'write-config', 'interface-up', 'routing', 'kernel-ready', 'dns'])
+const DURING = new Set(['owner-record', 'write-config', 'interface-up', 'routing', 'kernel-ready', 'handshake', 'dns'])
 function phaseOf(events, exit) {
   if (exit.signal !== 'SIGKILL') return 'after exit (kill missed)'
   const last = events[events.length - 1]
@@ -140,8 +140,8 @@ test(`chaos: ${ROUNDS} owners SIGKILLed at random moments; each converges within
 // Kills aimed at bring-up: random delays land there rarely (a step takes a millisecond or
 // two), so each round here waits for one progress step and kills 0-3 ms after it. This found
 // a saved resolv.conf original (or its temp file) that no cleanup path removed.
-const AIMED_STEPS = ['state-dir', 'owner-record', 'interface-up', 'routing', 'kernel-ready', 'dns']
-const AIMED_ROUNDS = Number(process.env.BW_CHAOS_AIMED_ROUNDS) || 36
+const AIMED_STEPS = ['state-dir', 'owner-record', 'interface-up', 'routing', 'kernel-ready', 'handshake', 'dns']
+const AIMED_ROUNDS = Number(process.env.BW_CHAOS_AIMED_ROUNDS) || 35
 test(`chaos: ${AIMED_ROUNDS} owners SIGKILLed just after a bring-up step; each converges within 1 s`, { timeout: 60_000 + AIMED_ROUNDS * 3000 }, async (t) => {
   const tmp = tmpdir(t)
   const name = `${tb.prefix}a`

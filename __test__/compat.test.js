@@ -7,7 +7,7 @@ const fs = require('node:fs')
 const path = require('node:path')
 const readline = require('node:readline')
 const testbed = require('../testbed')
-const { tmpdir, assertClean, resolvConfPath, linkExists, expectedBackend } = require('./helpers')
+const { tmpdir, assertClean, resolvConfPath, linkExists, expectedBackend, DEFAULT_BACKEND } = require('./helpers')
 
 const SDK = path.join(__dirname, 'fixtures', 'sdk-agent.mjs')
 const FULL = ['0.0.0.0/0', '::/0']
@@ -123,8 +123,10 @@ test('verify-before-capture: two consecutive installWgTunnel calls on the same n
       file(name, [`${tb.httpNodeHost}/32`]),
       { op: 'install', name },
       { op: 'fetch', url: `http://${tb.httpNodeHost}/verify` },
+      { op: 'ifindex', name },
       file(name, FULL, { dns: ['10.8.0.1'] }),
       { op: 'install', name },
+      { op: 'ifindex', name },
       { op: 'fetch', url: `http://${tb.httpTunnelHost}/captured` },
       { op: 'disconnect' },
     ],
@@ -132,9 +134,11 @@ test('verify-before-capture: two consecutive installWgTunnel calls on the same n
   )
   assert.equal(ok(r, 1), name)
   assert.equal(ok(r, 2).status, 200)
-  assert.equal(ok(r, 4), name)
-  assert.equal(JSON.parse(ok(r, 5).body).path, '/captured')
-  assert.equal(ok(r, 6), null)
+  assert.equal(ok(r, 5), name)
+  // The second install is an update in place (native backends): the same interface.
+  if (DEFAULT_BACKEND !== 'wg-quick') assert.equal(ok(r, 6), ok(r, 3), 'the interface was replaced')
+  assert.equal(JSON.parse(ok(r, 7).body).path, '/captured')
+  assert.equal(ok(r, 8), null)
   await assertClean(tb, name, tmp, original)
 })
 

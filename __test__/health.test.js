@@ -148,3 +148,83 @@ test(`every rejection carries retryable (${DEFAULT_BACKEND})`, async (t) => {
   for (const e of errors) assert.equal(typeof e.retryable, 'boolean', JSON.stringify(e))
   assert.equal(errors[0].retryable, false)
 })
+
+test(`update: split -> full -> split in place (${DEFAULT_BACKEND}): same interface, a keep-alive stream loses nothing, rules and DNS follow`, async (t) => {
+  const tmp = tmpdir(t)
+  const name = `${tb.prefix}u`
+  const split = tb.tunnelConfig(0, { name }).peer.allowedIps
+  const a = startFixture(tb, STEPS, {
+    tmp,
+    env: {
+      BW_STEPS: JSON.stringify([
+        { op: 'connect', config: tb.tunnelConfig(0, { name }) },
+        { op: 'stream-start', url: `http://${tb.httpTunnelHost}:8080/stream`, everyMs: 5 },
+        { op: 'sleep', ms: 300 },
+        { op: 'update', name, patch: { allowedIps: FULL } },
+        { op: 'sleep', ms: 300 },
+        { op: 'pause' },
+        { op: 'update', name, patch: { allowedIps: split } },
+        { op: 'sleep', ms: 300 },
+        { op: 'pause' },
+        { op: 'stream-stop' },
+        { op: 'disconnect', name },
+      ]),
+    },
+  })
+  t.after(() => a.child.exitCode === null && a.child.kill('SIGKILL'))
+  const rules = async () => (await tb.execCli('ip', ['-4', 'rule', 'show'])).stdout
+  const resolv = () => fs.readFileSync(resolvConfPath(tb), 'utf8')
+
+  const c = await a.next('connected')
+  assert.equal(c.info.fullTunnel, false)
+  assert.equal(resolv(), original)
+  const full = await a.next('updated')
+  await a.next('paused')
+  assert.equal(full.info.fullTunnel, true)
+  assert.deepEqual(full.info.allowedIps, FULL)
+  assert.deepEqual(full.info.dns, ['10.8.0.1', '1.1.1.1'], 'a full tunnel gets the default DNS')
+  assert.equal(full.status.index, c.status.index, 'the interface was replaced')
+  assert.match(await rules(), /not from all fwmark/)
+  assert.match(resolv(), /nameserver 10\.8\.0\.1/)
+  assert.ok(full.ms < 200, `split -> full took ${full.ms} ms`)
+  a.child.kill('SIGUSR2')
+  const back = (await a.waitFor((e) => e.event === 'updated' && e !== full, 'second update'))
+  await a.waitFor((e, i) => e.event === 'paused' && a.events.filter((x) => x.event === 'paused').length === 2, 'second pause')
+  assert.equal(back.info.fullTunnel, false)
+  assert.equal(back.status.index, c.status.index)
+  assert.doesNotMatch(await rules(), /fwmark|suppress_prefixlength/)
+  assert.equal(resolv(), original, 'DNS restored when the tunnel is split again')
+  a.child.kill('SIGUSR2')
+  const s = await a.next('stream')
+  assert.deepEqual(s.failures, [], 'requests lost across the switches')
+  assert.ok(s.ok >= 15, `only ${s.ok} requests`) // ~40 ms each: the node answers in two writes (delayed ACK)
+  assert.equal(s.sockets, 1, 'the keep-alive connection was dropped')
+  assert.equal((await a.next('disconnected')).report.gone, true)
+  await a.exited
+  await assertClean(tb, name, tmp, original)
+})
+
+test('update: bad patches are refused before anything changes; a tunnel not up is WG_NOT_CONNECTED', async (t) => {
+  const name = `${tb.prefix}v`
+  const r = await runSteps(t, [
+    { op: 'update', name, patch: { dns: [] } },
+    { op: 'connect', config: tb.tunnelConfig(0, { name }) },
+    { op: 'update', name, patch: { mtu: 1400 } },
+    { op: 'update', name, patch: { allowedIps: ['not-a-net'] } },
+    { op: 'update', name, patch: { endpoint: 'no-such-node.invalid:51820' } },
+    { op: 'status', name },
+    { op: 'fetch', url: `http://${tb.httpTunnelHost}/still` },
+    { op: 'disconnect', name },
+  ])
+  const errors = r.all('error')
+  assert.deepEqual(errors.map((e) => e.code), ['WG_NOT_CONNECTED', 'INVALID_OPTIONS', 'INVALID_OPTIONS', 'WG_ENDPOINT_UNRESOLVED'], JSON.stringify(errors))
+  assert.ok(errors.every((e) => e.retryable === false))
+  assert.match(errors[1].message, /mtu.*new connect/)
+  const c = r.one('connected')
+  const st = r.one('status').status
+  assert.equal(st.index, c.status.index)
+  assert.equal(st.healthy, true)
+  assert.equal(r.one('fetch').ok, true, 'the tunnel still works after refused updates')
+  assert.equal(r.one('disconnected').report.gone, true)
+  await assertClean(tb, name, r.tmp, original)
+})

@@ -48,8 +48,8 @@ test('full tunnel: traffic and DNS go through the tunnel, disconnect leaves noth
   assert.deepEqual(
     steps,
     native
-      ? ['validate', 'preflight', 'state-dir', 'owner-record', 'interface-up', 'routing', 'kernel-ready', 'dns', 'ready']
-      : ['validate', 'preflight', 'state-dir', 'owner-record', 'write-config', 'interface-up', 'kernel-ready', 'dns', 'ready'],
+      ? ['validate', 'preflight', 'state-dir', 'owner-record', 'interface-up', 'routing', 'kernel-ready', 'handshake', 'dns', 'ready']
+      : ['validate', 'preflight', 'state-dir', 'owner-record', 'write-config', 'interface-up', 'kernel-ready', 'handshake', 'dns', 'ready'],
   )
   const fetched = await a.next('fetch')
   assert.equal(fetched.ok, true, JSON.stringify(fetched))
@@ -181,17 +181,19 @@ test('verify-before-capture: a second connect on the same name in the same proce
 test('a bring-up that fails is rolled back: TUNNEL_SETUP_FAILED, and nothing is left', async (t) => {
   const tmp = tmpdir(t)
   const name = `${tb.prefix}c`
-  // The endpoint host cannot be resolved in the namespace, so `wg setconf` inside wg-quick up
-  // fails after the interface was created (one attempt: WG_ENDPOINT_RESOLUTION_RETRIES=0).
-  const config = tb.tunnelConfig(0, { allowedIps: FULL, name, peer: undefined })
-  config.peer = { publicKey: tb.serverPublicKey, endpoint: 'no-such-node.invalid:51820', allowedIps: FULL }
-  const r = await runAgent(tb, { config, then: 'disconnect' }, { tmp, env: { WG_ENDPOINT_RESOLUTION_RETRIES: '0' } })
+  // The last step fails, after the interface, routing and the handshake: DNS is forced onto
+  // resolvconf, which is not installed here (its stand-in fails loudly if one is on PATH).
+  const bin = path.join(tmp, 'bin')
+  fs.mkdirSync(bin)
+  fs.writeFileSync(path.join(bin, 'resolvconf'), '#!/bin/sh\necho "resolvconf: no-such-interface-record" >&2\nexit 1\n', { mode: 0o755 })
+  const config = tb.tunnelConfig(0, { allowedIps: FULL, name })
+  const env = { BLUE_WG_DNS_METHOD: 'resolvconf', PATH: `${bin}:${process.env.PATH}` }
+  const r = await runAgent(tb, { config, then: 'disconnect' }, { tmp, env })
   const err = r.event('error')
   assert.ok(err, JSON.stringify(r.events))
   assert.equal(err.code, 'TUNNEL_SETUP_FAILED')
-  // wg-quick fails in `wg setconf`; the native backends when they resolve the endpoint.
-  assert.match(err.message, process.env.BLUE_WG_BACKEND === 'wg-quick' ? /wg-quick up/ : /wg-quick up|endpoint/)
-  assert.match(err.message, /no-such-node\.invalid/, 'the tool stderr is kept in the message')
+  assert.match(err.message, /step 'dns'/)
+  assert.match(err.message, /no-such-interface-record/, 'the tool stderr is kept in the message')
   assert.equal(r.exit.status, 2)
   await assertClean(tb, name, tmp, original)
 })

@@ -231,6 +231,70 @@ impl RawConfig {
     }
 }
 
+/// What `update` may change on a live tunnel: the keys of the patch object. Everything else
+/// (keys, addresses, MTU, name) needs a new connect.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Patch {
+    pub allowed_ips: Option<Vec<String>>,
+    pub dns: Option<Vec<String>>,
+    pub persistent_keepalive: Option<f64>,
+    pub endpoint: Option<String>,
+}
+
+impl Patch {
+    /// Type-check the caller's patch object; values are validated by `apply_to` +
+    /// `TunnelConfig::from_raw`, as for a connect.
+    pub fn from_input(v: &Input) -> Result<Self> {
+        if !matches!(v, Input::Map(_)) {
+            return Err(wrong("patch", "an object", v));
+        }
+        only_keys(
+            "patch",
+            v,
+            &["allowedIps", "dns", "persistentKeepalive", "endpoint"],
+        )
+        .map_err(|e| match e {
+            WgError::InvalidOptions { field, reason } => WgError::InvalidOptions {
+                field,
+                reason: format!(
+                    "{reason} (a live tunnel can change allowedIps, dns, persistentKeepalive \
+                     and endpoint; anything else needs a new connect)"
+                ),
+            },
+            other => other,
+        })?;
+        Ok(Patch {
+            allowed_ips: opt_str_list("patch.allowedIps", v.field("allowedIps"))?,
+            dns: opt_str_list("patch.dns", v.field("dns"))?,
+            persistent_keepalive: opt_num(
+                "patch.persistentKeepalive",
+                v.field("persistentKeepalive"),
+            )?,
+            endpoint: opt_str("patch.endpoint", v.field("endpoint"))?,
+        })
+    }
+
+    /// The config `raw` with this patch applied. `dns` absent keeps the caller's choice
+    /// (none given: the default of the new split or full tunnel).
+    pub fn apply_to(&self, raw: &RawConfig) -> RawConfig {
+        let mut out = raw.clone();
+        let peer = out.peer.get_or_insert_with(RawPeer::default);
+        if let Some(v) = &self.allowed_ips {
+            peer.allowed_ips = Some(v.clone());
+        }
+        if let Some(v) = self.persistent_keepalive {
+            peer.persistent_keepalive = Some(v);
+        }
+        if let Some(v) = &self.endpoint {
+            peer.endpoint = Some(v.clone());
+        }
+        if let Some(v) = &self.dns {
+            out.dns = Some(v.clone());
+        }
+        out
+    }
+}
+
 /// Largest config file `parse_wg_quick` reads.
 pub const MAX_CONF_FILE: u64 = 64 * 1024;
 
@@ -425,7 +489,10 @@ impl Endpoint {
             Ok(Ok(Some(a))) => Ok(a),
             Ok(Ok(None)) => Err(unresolved("it has no address".into())),
             Ok(Err(e)) => Err(unresolved(e.to_string())),
-            Err(_) => Err(unresolved(format!("no answer within {} ms", bound.as_millis()))),
+            Err(_) => Err(unresolved(format!(
+                "no answer within {} ms",
+                bound.as_millis()
+            ))),
         }
     }
 }

@@ -21,6 +21,8 @@ pub enum WgError {
     NotWireGuard { name: String, driver: String },
     /// Reading or writing a local file failed.
     Io { what: String, detail: String },
+    /// `update` of a tunnel this process does not have up.
+    NotConnected(String),
     /// The node's host name did not resolve (within its bound). Nothing was changed.
     EndpointUnresolved { host: String, detail: String },
     /// The tunnel came up but no handshake with the node completed in time; everything was
@@ -44,6 +46,7 @@ impl WgError {
             WgError::NameInUse { .. } | WgError::NotWireGuard { .. } => "WG_NAME_IN_USE",
             WgError::Io { .. } => "WG_IO_ERROR",
             WgError::EndpointUnresolved { .. } => "WG_ENDPOINT_UNRESOLVED",
+            WgError::NotConnected(_) => "WG_NOT_CONNECTED",
             WgError::NoConnectivity { .. } => "WG_NO_CONNECTIVITY",
         }
     }
@@ -63,7 +66,8 @@ impl WgError {
             | WgError::NotAvailable(_)
             | WgError::NameInUse { .. }
             | WgError::NotWireGuard { .. }
-            | WgError::EndpointUnresolved { .. } => false,
+            | WgError::EndpointUnresolved { .. }
+            | WgError::NotConnected(_) => false,
         }
     }
 
@@ -115,6 +119,10 @@ impl fmt::Display for WgError {
                  {driver}); refusing to replace it: choose another name"
             ),
             WgError::Io { what, detail } => write!(f, "{what}: {detail}"),
+            WgError::NotConnected(name) => write!(
+                f,
+                "no tunnel {name} of this process is up: connect it first"
+            ),
             WgError::EndpointUnresolved { host, detail } => write!(
                 f,
                 "the node's endpoint host {host:?} did not resolve: {detail}; nothing was \

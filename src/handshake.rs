@@ -49,7 +49,10 @@ fn nth_host(net: &IpNet, n: u128) -> Option<IpAddr> {
 pub fn probe_target(cfg: &TunnelConfig) -> Option<IpAddr> {
     let allowed = |ip: &IpAddr| cfg.peer.allowed_ips.iter().any(|n| n.contains(ip));
     let ours = |ip: &IpAddr| cfg.addresses.iter().any(|a| a.addr() == *ip);
-    let subnets = cfg.addresses.iter().filter(|a| a.prefix_len() < a.max_prefix_len());
+    let subnets = cfg
+        .addresses
+        .iter()
+        .filter(|a| a.prefix_len() < a.max_prefix_len());
     subnets
         .chain(cfg.peer.allowed_ips.iter().filter(|n| n.prefix_len() > 0))
         .flat_map(|net| (0..3).filter_map(move |n| nth_host(net, n)))
@@ -146,10 +149,22 @@ mod tests {
     #[test]
     fn the_nudge_goes_to_the_nodes_side_of_our_subnet_or_the_first_allowed_host() {
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
-        assert_eq!(probe_target(&cfg(&["10.8.0.2/24"], &["0.0.0.0/0"])), ip("10.8.0.1"));
-        assert_eq!(probe_target(&cfg(&["10.8.0.1/24"], &["0.0.0.0/0"])), ip("10.8.0.2"));
-        assert_eq!(probe_target(&cfg(&["10.8.0.2/32"], &["198.18.0.10/32"])), ip("198.18.0.10"));
-        assert_eq!(probe_target(&cfg(&["10.8.0.2/24"], &["198.18.0.0/24"])), ip("198.18.0.1"));
+        assert_eq!(
+            probe_target(&cfg(&["10.8.0.2/24"], &["0.0.0.0/0"])),
+            ip("10.8.0.1")
+        );
+        assert_eq!(
+            probe_target(&cfg(&["10.8.0.1/24"], &["0.0.0.0/0"])),
+            ip("10.8.0.2")
+        );
+        assert_eq!(
+            probe_target(&cfg(&["10.8.0.2/32"], &["198.18.0.10/32"])),
+            ip("198.18.0.10")
+        );
+        assert_eq!(
+            probe_target(&cfg(&["10.8.0.2/24"], &["198.18.0.0/24"])),
+            ip("198.18.0.1")
+        );
         // Our subnet is not routed to the node and the only allowed network is a default.
         assert_eq!(probe_target(&cfg(&["10.8.0.2/32"], &["0.0.0.0/0"])), None);
     }

@@ -509,7 +509,8 @@ fn handshake_timeout_arg(v: Option<&Unknown>) -> std::result::Result<Option<Dura
     match v.get_type() {
         Ok(ValueType::Undefined | ValueType::Null) => Ok(None),
         Ok(ValueType::Number) => {
-            let n = unsafe { v.cast::<f64>() }.map_err(|_| WgError::invalid(field, "must be a number"))?;
+            let n = unsafe { v.cast::<f64>() }
+                .map_err(|_| WgError::invalid(field, "must be a number"))?;
             if n.fract() != 0.0 || !(0.0..=max).contains(&n) {
                 return Err(WgError::invalid(
                     field,
@@ -616,6 +617,72 @@ pub fn disconnect(name: Option<Unknown>) -> AsyncTask<DisconnectTask> {
         name: string_arg(name.as_ref(), "name"),
         ticket: Some(registry::Ticket::take()),
     })
+}
+
+pub struct UpdateTask {
+    args: std::result::Result<(String, crate::config::Patch), WgError>,
+    ticket: Option<registry::Ticket>,
+}
+
+impl Task for UpdateTask {
+    type Output = std::result::Result<tunnel::TunnelInfo, WgError>;
+    type JsValue = TunnelInfo;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        let args = std::mem::replace(&mut self.args, Err(WgError::invalid("patch", "used")));
+        let run = || args.and_then(|(name, patch)| tunnel::update(&name, &patch));
+        Ok(match self.ticket.take() {
+            Some(t) => t.run(run),
+            None => run(),
+        })
+    }
+
+    fn resolve(&mut self, env: Env, output: Self::Output) -> Result<TunnelInfo> {
+        resolve_info(&env, output)
+    }
+}
+
+/// Change this process's live tunnel `name` in place: same interface, open connections kept,
+/// a few milliseconds. `patch` may set `allowedIps` (split <-> full, with the routing, rules
+/// and DNS that go with them), `dns`, `persistentKeepalive` and `endpoint`, validated as for
+/// `connect` before anything changes (an unknown key, or one that needs a new connect, is
+/// `INVALID_OPTIONS`). `dns` left out keeps what the tunnel was given (none given: the
+/// default of the new split or full tunnel). Resolves with the new `TunnelInfo`
+/// (`connectMs` is the update's time). Rejects with `WG_NOT_CONNECTED` when this process
+/// has no such tunnel up, `WG_NOT_AVAILABLE` for a wg-quick tunnel (reconnect instead); a
+/// failed change puts the old config back. Native backends (kernel, embedded) only.
+#[napi(
+    ts_args_type = "name: string, patch: TunnelPatch",
+    ts_return_type = "Promise<TunnelInfo>"
+)]
+pub fn update(name: Unknown, patch: Unknown) -> AsyncTask<UpdateTask> {
+    let args = match string_arg(Some(&name), "name") {
+        Ok(Some(n)) => to_input(&patch, 0)
+            .map_err(|e| WgError::invalid("patch", e.reason.clone()))
+            .and_then(|i| crate::config::Patch::from_input(&i))
+            .map(|p| (n, p)),
+        Ok(None) => Err(WgError::invalid("name", "is required")),
+        Err(e) => Err(e),
+    };
+    AsyncTask::new(UpdateTask {
+        args,
+        ticket: Some(registry::Ticket::take()),
+    })
+}
+
+/// What `update` may change on a live tunnel.
+/// (Declared for `index.d.ts`; values are converted by `to_input`.)
+#[allow(dead_code)]
+#[napi(object, object_to_js = false)]
+pub struct TunnelPatch {
+    /// The node's allowed IPs, as in `PeerConfig.allowedIps` (a `/0` makes a full tunnel).
+    pub allowed_ips: Option<Vec<String>>,
+    /// DNS servers; `[]` leaves DNS alone (restoring what the tunnel had changed).
+    pub dns: Option<Vec<String>>,
+    /// Seconds, 0-65535; 0 turns it off.
+    pub persistent_keepalive: Option<u32>,
+    /// `IPv4:port`, `[IPv6]:port` or `hostname:port` (resolved, bounded, before any change).
+    pub endpoint: Option<String>,
 }
 
 /// Remove interface `name` in three escalating steps (`wg-quick down <confPath>`,

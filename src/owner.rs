@@ -265,12 +265,25 @@ pub fn claim(dir: &StateDir, rec: &Record) -> Result<()> {
     confdir::write_private_file(&dir.file(&record_file(&rec.name)), rec.render().as_bytes())
 }
 
+/// Replace this process's record of a live tunnel (after `update`) in one `rename`, so it
+/// is whole, old or new, whenever an owner dies. The caller holds the name's lock.
+pub fn rewrite(dir: &StateDir, rec: &Record) -> Result<()> {
+    let tmp = dir.file(&format!(".{}.tmp", record_file(&rec.name)));
+    confdir::write_private_file(&tmp, rec.render().as_bytes())?;
+    std::fs::rename(&tmp, dir.file(&record_file(&rec.name))).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        WgError::io(format!("cannot replace the record of {}", rec.name), &e)
+    })
+}
+
 /// Remove the record of `name` with a single `unlink`, so it is either whole or gone. A record
 /// holds no secret; zero-filling it first (like a key file) left a window, between the
 /// zero-fill and the unlink, in which a SIGKILLed owner left an unreadable record that neither
 /// its watchdog nor any sweep would ever remove.
 pub fn remove(dir: &StateDir, name: &str) {
     let _ = fs::remove_file(dir.file(&record_file(name)));
+    // A `rewrite` cut short before its rename.
+    let _ = fs::remove_file(dir.file(&format!(".{}.tmp", record_file(name))));
 }
 
 /// True when `name` has a record file that does not parse: one cut short by a SIGKILL between
@@ -286,6 +299,17 @@ pub fn names(dir: &StateDir) -> Vec<String> {
         .into_iter()
         .filter_map(|f| f.strip_suffix(SUFFIX).map(String::from))
         .filter(|n| crate::config::validate_interface_name(n).is_ok())
+        .collect()
+}
+
+/// The full-tunnel tables that records of live owners (this process included) name.
+pub fn live_tables(dir: &StateDir) -> Vec<u32> {
+    list_classified(dir)
+        .into_iter()
+        .filter_map(|o| match o {
+            Owner::Me(r) | Owner::Alive(r) => r.table,
+            _ => None,
+        })
         .collect()
 }
 

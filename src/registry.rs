@@ -42,6 +42,27 @@ pub struct Active {
     pub tunnel: Option<Arc<dyn Tunnel>>,
     /// The namespace-wide claim on the name (`state::NsClaim`), held likewise.
     pub ns_claim: Option<Arc<crate::state::NsClaim>>,
+    /// The config the tunnel runs with now (set once it is up; replaced by `update`).
+    pub live: Option<Arc<Live>>,
+}
+
+/// What a live tunnel runs with, for `update`: the caller's config as given (a patch applies
+/// to it), as validated and resolved, and what bring-up decided.
+pub struct Live {
+    pub raw: crate::config::RawConfig,
+    pub cfg: crate::config::TunnelConfig,
+    /// The full tunnel's table, for a backend that routes it itself.
+    pub table: Option<u32>,
+    pub ipv6: bool,
+    pub dns_method: Option<crate::dns::DnsMethod>,
+}
+
+/// Record what the live tunnel `name` runs with now.
+pub fn set_live(name: &str, live: Live) {
+    if let Some(a) = lock_mutex(&ACTIVE).iter_mut().find(|a| a.name == name) {
+        a.full_tunnel = live.cfg.full_tunnel();
+        a.live = Some(Arc::new(live));
+    }
 }
 
 static ACTIVE: Mutex<Vec<Active>> = Mutex::new(Vec::new());
@@ -478,13 +499,7 @@ pub fn cleanup_dead_owner(
         // cleaned up already) and never for a table that a live record names.
         Owner::Nobody if claimed_by_other_than(name, pid, start).is_none() => {
             if known.backend == backend::embedded::NAME && known.state_dir_removed() {
-                let live_tables: Vec<u32> = owner::list_classified(&dir)
-                    .into_iter()
-                    .filter_map(|o| match o {
-                        Owner::Me(r) | Owner::Alive(r) => r.table,
-                        _ => None,
-                    })
-                    .collect();
+                let live_tables = owner::live_tables(&dir);
                 let mut rec = Record::orphan(name, Path::new(""));
                 rec.backend = known.backend.clone();
                 rec.table = known.table.filter(|t| !live_tables.contains(t));

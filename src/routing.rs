@@ -240,35 +240,96 @@ pub fn up(
         .map_err(|e| ctx("link set up", e))?;
     let mut routed = Routed::default();
     for net in allowed {
-        let full = net.prefix_len() == 0;
-        let t = match (full, table) {
-            (true, Some(t)) => t,
-            (true, None) => return Err(format!("{net} needs a routing table")),
-            (false, _) => crate::routing::RT_TABLE_MAIN,
-        };
+        let t = table_for(net, table)?;
         create(&mut nl, RouteNetlinkMessage::NewRoute(route(index, net, t)))
             .map_err(|e| ctx(&format!("route add {net} table {t}"), e))?;
     }
     if let Some(t) = table {
-        routed.table = Some(t);
-        let mut fams: Vec<Family> = allowed
-            .iter()
-            .filter(|n| n.prefix_len() == 0)
-            .map(|n| Family::of(&n.addr()))
-            .collect();
-        fams.dedup();
-        for fam in fams {
-            // Recorded first: a rule half-added is still removed.
-            routed.families.push(fam);
-            for rule in [suppress_rule(fam, t), not_fwmark_rule(fam, t)] {
-                create(&mut nl, RouteNetlinkMessage::NewRule(rule))
-                    .map_err(|e| ctx(&format!("rule add ({}) for table {t}", fam.as_str()), e))?;
+        add_full_tunnel_rules(&mut nl, allowed, t, &mut routed)?;
+    }
+    Ok(routed)
+}
+
+/// The table a route for `net` goes in: the full tunnel's for a default, main otherwise.
+fn table_for(net: &IpNet, table: Option<u32>) -> Result<u32, String> {
+    match (net.prefix_len() == 0, table) {
+        (true, Some(t)) => Ok(t),
+        (true, None) => Err(format!("{net} needs a routing table")),
+        (false, _) => Ok(RT_TABLE_MAIN),
+    }
+}
+
+/// Add the full tunnel's two rules per family of the defaults in `allowed`; the families
+/// are recorded in `routed` before their rules are added.
+fn add_full_tunnel_rules(
+    nl: &mut Netlink,
+    allowed: &[IpNet],
+    t: u32,
+    routed: &mut Routed,
+) -> Result<(), String> {
+    routed.table = Some(t);
+    let mut fams: Vec<Family> = allowed
+        .iter()
+        .filter(|n| n.prefix_len() == 0)
+        .map(|n| Family::of(&n.addr()))
+        .collect();
+    fams.dedup();
+    for fam in fams {
+        // Recorded first: a rule half-added is still removed.
+        routed.families.push(fam);
+        for rule in [suppress_rule(fam, t), not_fwmark_rule(fam, t)] {
+            create(nl, RouteNetlinkMessage::NewRule(rule))
+                .map_err(|e| ctx(&format!("rule add ({}) for table {t}", fam.as_str()), e))?;
+        }
+        if fam == Family::V4 {
+            if let Some(note) = set_src_valid_mark() {
+                routed.notes.push(note);
             }
-            if fam == Family::V4 {
-                if let Some(note) = set_src_valid_mark() {
-                    routed.notes.push(note);
-                }
-            }
+        }
+    }
+    Ok(())
+}
+
+/// Move a live tunnel's routing from `old` allowed IPs (and full-tunnel table) to `new`,
+/// without a moment in which traffic for an address in both has no route: the new routes
+/// and rules are added first, then the old rules and the old routes that are not also new
+/// are removed (only routes this module adds: protocol `boot`, on this interface; the
+/// kernel's own prefix routes are never touched). The device must already mark its packets
+/// with `new_table` when that is a new full tunnel.
+pub fn reroute(
+    index: u32,
+    (old, old_table): (&[IpNet], Option<u32>),
+    (new, new_table): (&[IpNet], Option<u32>),
+) -> Result<Routed, String> {
+    let mut nl = Netlink::open().map_err(|e| ctx("netlink socket", e))?;
+    let mut keep = BTreeSet::new();
+    for net in new {
+        let t = table_for(net, new_table)?;
+        keep.insert((*net, t));
+        create(&mut nl, RouteNetlinkMessage::NewRoute(route(index, net, t)))
+            .map_err(|e| ctx(&format!("route add {net} table {t}"), e))?;
+    }
+    let mut routed = Routed::default();
+    if let Some(t) = new_table {
+        add_full_tunnel_rules(&mut nl, new, t, &mut routed)?;
+    }
+    if let Some(t) = old_table.filter(|t| Some(*t) != new_table) {
+        let done = remove_full_tunnel_rules(t);
+        if let Some(bad) = done.iter().find(|d| d.contains("NOT removed")) {
+            return Err(bad.clone());
+        }
+    }
+    for net in old {
+        let Ok(t) = table_for(net, old_table) else {
+            continue;
+        };
+        if keep.contains(&(*net, t)) {
+            continue;
+        }
+        match nl.request(RouteNetlinkMessage::DelRoute(route(index, net, t)), 0) {
+            Ok(()) => {}
+            Err(e) if is_errno(&e, libc::ESRCH) || is_errno(&e, libc::ENOENT) => {}
+            Err(e) => return Err(ctx(&format!("route del {net} table {t}"), e)),
         }
     }
     Ok(routed)

@@ -142,6 +142,7 @@ pub fn connect(
         progress(step, detail);
     };
 
+    let given = raw.clone();
     let mut cfg = TunnelConfig::from_raw(raw)?;
     let name = cfg.name.clone();
     let be: &dyn Backend = backend::select(opts.backend.as_deref())?;
@@ -157,6 +158,12 @@ pub fn connect(
     let handshake = opts
         .handshake_timeout
         .unwrap_or(crate::handshake::DEFAULT_TIMEOUT);
+    if let Some(mut info) = connect_in_place(&given, &cfg, be)? {
+        mark("update", &name, &mut steps);
+        info.connect_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        info.steps = steps;
+        return Ok(info);
+    }
     // Refused before anything is written or run (wg-quick would otherwise re-run itself
     // under sudo and wait for a password).
     be.check_privileges()?;
@@ -243,13 +250,7 @@ pub fn connect(
     // watchdog starts, so the watchdog knows it even if the record is lost (a removed state
     // directory), and recorded before any rule exists, so whoever reaps it finds them all.
     let table = if be.routes_full_tunnel() && cfg.full_tunnel() {
-        let taken: Vec<u32> = owner::list_classified(&state)
-            .into_iter()
-            .filter_map(|o| match o {
-                Owner::Me(r) | Owner::Alive(r) => r.table,
-                _ => None,
-            })
-            .collect();
+        let taken = owner::live_tables(&state);
         Some(crate::routing::pick_table(&taken).map_err(|e| WgError::setup("routing", e))?)
     } else {
         None
@@ -305,6 +306,7 @@ pub fn connect(
         lock: Arc::new(lock),
         tunnel: None,
         ns_claim: ns_claim.map(Arc::new),
+        live: None,
     });
     let mut cfg = cfg;
     cfg.name = name.clone();
@@ -346,33 +348,47 @@ pub fn connect(
         .find(|(s, _)| s == "handshake")
         .map(|(_, ms)| *ms);
     mark("ready", &name, &mut steps);
+    let live = registry::Live {
+        raw: given,
+        cfg,
+        table: record.table,
+        ipv6,
+        dns_method,
+    };
+    let mut info = describe(be, &live, key_file.as_path());
+    info.watchdog_pid = watchdog.map(|w| w.pid);
+    info.replaced_stale = stale;
+    info.connect_ms = connect_ms;
+    info.handshake_ms = handshake_ms;
+    info.steps = steps;
+    registry::set_live(&name, live);
+    Ok(info)
+}
+
+/// The `TunnelInfo` of a live tunnel (times, steps and watchdog left for the caller).
+fn describe(be: &dyn Backend, live: &registry::Live, key_file: &std::path::Path) -> TunnelInfo {
+    let cfg = &live.cfg;
     let fmt = |v: &[ipnet::IpNet]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-    Ok(TunnelInfo {
-        watchdog_pid: watchdog.map(|w| w.pid),
-        name,
+    TunnelInfo {
+        watchdog_pid: None,
+        name: cfg.name.clone(),
         config_path: be
             .writes_config()
             .then(|| key_file.to_string_lossy().into_owned()),
         backend: be.name().into(),
         full_tunnel: cfg.full_tunnel(),
         addresses: fmt(&cfg.addresses),
-        allowed_ips: fmt(&cfg
-            .peer
-            .allowed_ips
-            .iter()
-            .filter(|n| ipv6 || n.addr().is_ipv4())
-            .copied()
-            .collect::<Vec<_>>()),
+        allowed_ips: fmt(&backend::routable(cfg, live.ipv6)),
         endpoint: cfg.peer.endpoint.to_string(),
         mtu: cfg.mtu as u32,
         dns: cfg.dns.iter().map(IpAddr::to_string).collect(),
-        dns_method: dns_method.map(|m| m.as_str().to_string()),
-        ipv6,
-        replaced_stale: stale,
-        connect_ms,
-        handshake_ms,
-        steps,
-    })
+        dns_method: live.dns_method.map(|m| m.as_str().to_string()),
+        ipv6: live.ipv6,
+        replaced_stale: false,
+        connect_ms: 0.0,
+        handshake_ms: None,
+        steps: Vec::new(),
+    }
 }
 
 /// The highest N that `name: 'auto'` tries for `wgsentN`.
@@ -493,7 +509,10 @@ fn bring_up(
         let t = std::time::Instant::now();
         crate::handshake::wait(tunnel.as_ref(), cfg, handshake)?;
         let waited = t.elapsed().as_secs_f64() * 1000.0;
-        (ctx.progress)("handshake", &format!("{} after {waited:.1} ms", cfg.peer.endpoint));
+        (ctx.progress)(
+            "handshake",
+            &format!("{} after {waited:.1} ms", cfg.peer.endpoint),
+        );
     }
     if cfg.dns.is_empty() {
         return Ok(None);
@@ -501,6 +520,177 @@ fn bring_up(
     let m = dns::apply(&state.path, state.netns.inode, &cfg.name, &cfg.dns)?;
     (ctx.progress)("dns", m.as_str());
     Ok(Some(m))
+}
+
+/// Change this process's live tunnel `name` in place (same interface, open connections
+/// kept): the peer's allowed IPs (split <-> full, with the routing, rules and DNS that go
+/// with them), DNS, keepalive, endpoint. Validated like a connect before anything changes; a
+/// failure puts the old config back (or, if even that fails, takes the tunnel down and says
+/// so). Ordered after every lifecycle call made before it.
+pub fn update(name: &str, patch: &crate::config::Patch) -> Result<TunnelInfo> {
+    crate::config::validate_interface_name(name)?;
+    let r = reconfigure(name, |live, _| {
+        let raw = patch.apply_to(&live.raw);
+        let cfg = TunnelConfig::from_raw(raw.clone())?;
+        Ok(Some((raw, cfg)))
+    })?;
+    r.ok_or_else(|| WgError::NotConnected(name.to_string()))
+}
+
+/// A second connect of a live tunnel of this process that differs only in what `update`
+/// can change (the SDK's verify-before-capture: split, then full): done in place. None when
+/// it cannot be (not ours, another backend, other keys, addresses or MTU): the caller
+/// replaces the tunnel instead.
+fn connect_in_place(
+    given: &RawConfig,
+    cfg: &TunnelConfig,
+    be: &dyn Backend,
+) -> Result<Option<TunnelInfo>> {
+    reconfigure(&cfg.name, |live, backend| {
+        let old = &live.cfg;
+        let same = backend == be.name()
+            && be.routes_full_tunnel()
+            && old.private_key == cfg.private_key
+            && old.addresses == cfg.addresses
+            && old.mtu == cfg.mtu
+            && old.peer.public_key == cfg.peer.public_key
+            && old.peer.preshared_key == cfg.peer.preshared_key;
+        Ok(same.then(|| (given.clone(), cfg.clone())))
+    })
+}
+
+/// Change live tunnel `name` to the config `next(live, backend)` returns (raw as given, and
+/// validated); None from it (or no such live tunnel): nothing is done and None returned.
+fn reconfigure(
+    name: &str,
+    next: impl FnOnce(&registry::Live, &str) -> Result<Option<(RawConfig, TunnelConfig)>>,
+) -> Result<Option<TunnelInfo>> {
+    let t0 = Instant::now();
+    let _guard = registry::lock();
+    let not_up = || WgError::NotConnected(name.to_string());
+    let Some(active) = registry::get(name) else {
+        return Ok(None);
+    };
+    let (Some(live), Some(tunnel)) = (active.live.clone(), active.tunnel.clone()) else {
+        return Ok(None);
+    };
+    let be = backend::by_name(active.backend);
+    let Some((raw, mut new)) = next(&live, be.name())? else {
+        return Ok(None);
+    };
+    new.name = name.to_string();
+    new.peer.endpoint = new
+        .peer
+        .endpoint
+        .resolve(crate::config::RESOLVE_BOUND)?
+        .into();
+    let state = StateDir::existing()?.ok_or_else(not_up)?;
+    let mut record = owner::read(&state, name).ok_or_else(|| {
+        WgError::setup("update", format!("the ownership record of {name} is gone"))
+    })?;
+    let new_table = match (be.routes_full_tunnel() && new.full_tunnel(), live.table) {
+        (false, _) => None,
+        (true, Some(t)) => Some(t),
+        (true, None) => {
+            let taken = owner::live_tables(&state);
+            Some(crate::routing::pick_table(&taken).map_err(|e| WgError::setup("routing", e))?)
+        }
+    };
+    // Recorded before any rule of a new table exists (whoever reaps finds them); an old
+    // table stays recorded until its rules are gone.
+    let before = record.clone();
+    record.table = new_table.or(live.table);
+    record.full_tunnel = new.full_tunnel() || live.cfg.full_tunnel();
+    owner::rewrite(&state, &record)?;
+    let change = backend::Change {
+        old: &live.cfg,
+        new: &new,
+        ipv6: live.ipv6,
+        old_table: live.table,
+        new_table,
+    };
+    let applied = tunnel.update(&change).and_then(|()| {
+        if new.dns == live.cfg.dns {
+            return Ok(live.dns_method);
+        }
+        let is_live = |n: &str| registry::get(n).is_some();
+        if new.dns.is_empty() {
+            dns::restore(&state.path, state.netns.inode, name, &is_live);
+            return Ok(None);
+        }
+        dns::apply(&state.path, state.netns.inode, name, &new.dns).map(Some)
+    });
+    let dns_method = match applied {
+        Ok(m) => m,
+        Err(e) => {
+            return Err(undo_update(
+                &state,
+                &before,
+                tunnel.as_ref(),
+                &change,
+                &live,
+                e,
+            ))
+        }
+    };
+    record.table = new_table;
+    record.full_tunnel = new.full_tunnel();
+    record.dns = new.dns.iter().map(IpAddr::to_string).collect();
+    owner::rewrite(&state, &record)?;
+    let next = registry::Live {
+        raw,
+        cfg: new,
+        table: new_table,
+        ipv6: live.ipv6,
+        dns_method,
+    };
+    let mut info = describe(be, &next, &active.conf_path);
+    info.watchdog_pid = active.watchdog.as_ref().map(|w| w.pid);
+    info.connect_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    info.steps = vec![("update".to_string(), info.connect_ms)];
+    registry::set_live(name, next);
+    Ok(Some(info))
+}
+
+/// After a failed `update`: the old config back on the device, its routing and DNS, and the
+/// old record. If that fails too, the tunnel is taken down (by the cleanup routine) rather
+/// than left half-changed; the error says which.
+fn undo_update(
+    state: &StateDir,
+    before: &Record,
+    tunnel: &dyn backend::Tunnel,
+    change: &backend::Change,
+    live: &registry::Live,
+    e: WgError,
+) -> WgError {
+    let name = &live.cfg.name;
+    let back = backend::Change {
+        old: change.new,
+        new: change.old,
+        ipv6: change.ipv6,
+        old_table: change.new_table,
+        new_table: change.old_table,
+    };
+    let restored = tunnel.update(&back).and_then(|()| {
+        if live.cfg.dns.is_empty() {
+            dns::restore(&state.path, state.netns.inode, name, &|n| {
+                registry::get(n).is_some()
+            });
+            Ok(())
+        } else {
+            dns::apply(&state.path, state.netns.inode, name, &live.cfg.dns).map(|_| ())
+        }
+    });
+    match restored.and_then(|()| owner::rewrite(state, before)) {
+        Ok(()) => e,
+        Err(again) => {
+            registry::cleanup_locked(state, name, None);
+            WgError::setup(
+                "update",
+                format!("{e}; putting the old config back failed too ({again}), so {name} was taken down"),
+            )
+        }
+    }
 }
 
 /// Take down `name`, or the latest tunnel of this process. None when there was nothing to

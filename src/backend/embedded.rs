@@ -134,8 +134,9 @@ pub struct EmbeddedTunnel {
     /// The tun's interface index (ours while we hold the device).
     index: u32,
     peer: PublicKey,
-    /// The full tunnel's table (and fwmark), whose rules `stop` removes.
-    table: Option<u32>,
+    /// The full tunnel's table (and fwmark), whose rules `stop` removes (changed by
+    /// `update`).
+    table: Mutex<Option<u32>>,
 }
 
 impl EmbeddedTunnel {
@@ -204,10 +205,56 @@ impl Tunnel for EmbeddedTunnel {
         });
     }
 
-    fn set_config(&self, _cfg: &TunnelConfig) -> Result<()> {
-        Err(WgError::NotAvailable(
-            "live reconfiguration is not supported by the embedded backend yet".into(),
-        ))
+    /// The peer changes in place (gotatun `modify_peer`: its session and keys stay), the
+    /// socket's mark follows the full tunnel's table, then the routing moves.
+    fn update(&self, change: &super::Change) -> Result<()> {
+        let (_, allowed) = change.allowed();
+        let endpoint = change
+            .new
+            .peer
+            .endpoint
+            .resolve(crate::config::RESOLVE_BOUND)?;
+        let keepalive = change.new.peer.persistent_keepalive;
+        {
+            let guard = self.device.lock().unwrap_or_else(|p| p.into_inner());
+            let dev = guard
+                .as_ref()
+                .ok_or_else(|| WgError::setup("update", "the tunnel is stopped"))?;
+            let nets: Vec<ipnetwork::IpNetwork> = allowed.iter().map(network).collect();
+            let peer = self.peer;
+            let found = self
+                .runtime
+                .block_on(async {
+                    dev.write(async move |d| {
+                        if let Some(mark) = change.new_table {
+                            d.set_fwmark(mark)?;
+                        }
+                        Ok(d.modify_peer(&peer, move |p| {
+                            p.clear_allowed_ips();
+                            p.add_allowed_ips(nets);
+                            p.set_endpoint(Some(endpoint));
+                            p.set_keepalive((keepalive > 0).then_some(keepalive));
+                        })
+                        .await)
+                    })
+                    .await?
+                })
+                .map_err(|e: gotatun::device::Error| WgError::setup("device", e.to_string()))?;
+            if !found {
+                return Err(WgError::setup("device", "the peer is gone"));
+            }
+        }
+        super::reroute(self.index, change)?;
+        *self.table.lock().unwrap_or_else(|p| p.into_inner()) = change.new_table;
+        if change.new_table.is_none() && change.old_table.is_some() {
+            // Split again: the device's packets need no mark (best effort; a stale mark only
+            // matters to a rule of that table, and there is none now).
+            let guard = self.device.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(dev) = guard.as_ref() {
+                let _ = self.runtime.block_on(async { dev.set_fwmark(0).await });
+            }
+        }
+        Ok(())
     }
 
     fn stop(&self) -> TeardownReport {
@@ -227,7 +274,7 @@ impl Tunnel for EmbeddedTunnel {
             };
             steps.push(step("delete link", gone, detail, t));
         }
-        if let Some(t) = self.table {
+        if let Some(t) = *self.table.lock().unwrap_or_else(|p| p.into_inner()) {
             steps.push(rules_step(t));
         }
         TeardownReport {
@@ -271,13 +318,7 @@ impl Backend for Embedded {
             .runtime
             .cloned()
             .ok_or_else(|| WgError::setup("embedded", "no async runtime was given"))?;
-        let allowed: Vec<IpNet> = cfg
-            .peer
-            .allowed_ips
-            .iter()
-            .filter(|n| ctx.ipv6 || n.addr().is_ipv4())
-            .copied()
-            .collect();
+        let allowed: Vec<IpNet> = super::routable(cfg, ctx.ipv6);
         let full = allowed.iter().any(|n| n.prefix_len() == 0);
         let table =
             if full {
@@ -329,7 +370,7 @@ impl Backend for Embedded {
             device: Mutex::new(Some(dev)),
             index,
             peer: peer_key,
-            table,
+            table: Mutex::new(table),
         };
         (ctx.progress)("interface-up", &cfg.name);
 

@@ -207,6 +207,19 @@ pub fn set_device(
     }
 }
 
+/// `WG_CMD_SET_DEVICE` changing a live device: its fwmark (0: none) and its one peer `p`
+/// (allowed IPs replaced), without its key or listen port (so its socket stays).
+pub fn update_device(index: u32, fwmark: Option<u32>, p: &PeerSpec) -> WireguardMessage {
+    WireguardMessage {
+        cmd: WireguardCmd::SetDevice,
+        attributes: vec![
+            WireguardAttribute::IfIndex(index),
+            WireguardAttribute::Fwmark(fwmark.unwrap_or(0)),
+            WireguardAttribute::Peers(vec![peer(p)]),
+        ],
+    }
+}
+
 /// `WG_CMD_GET_DEVICE` (sent as a dump) for the device with index `index`.
 pub fn get_device(index: u32) -> WireguardMessage {
     WireguardMessage {
@@ -390,7 +403,7 @@ pub struct KernelTunnel {
     family: u16,
     peer: [u8; 32],
     /// The full tunnel's table (and fwmark), whose rules `stop` removes.
-    table: Option<u32>,
+    table: std::sync::Mutex<Option<u32>>,
 }
 
 impl KernelTunnel {
@@ -436,10 +449,30 @@ impl Tunnel for KernelTunnel {
             .ok_or_else(|| WgError::setup("stats", "the peer is gone"))
     }
 
-    fn set_config(&self, _cfg: &TunnelConfig) -> Result<()> {
-        Err(WgError::NotAvailable(
-            "live reconfiguration is not supported by the kernel backend yet".into(),
-        ))
+    /// `WG_CMD_SET_DEVICE` with the peer's new allowed IPs, endpoint and keepalive and the
+    /// new fwmark, and no key or port (the socket and the session stay), then the routing.
+    fn update(&self, change: &super::Change) -> Result<()> {
+        let (_, allowed) = change.allowed();
+        let spec = PeerSpec {
+            public_key: self.peer,
+            preshared_key: change.new.peer.preshared_key.as_ref().map(|k| k.0),
+            endpoint: change
+                .new
+                .peer
+                .endpoint
+                .resolve(crate::config::RESOLVE_BOUND)?,
+            persistent_keepalive: change.new.peer.persistent_keepalive,
+            allowed_ips: allowed,
+        };
+        Netlink::open_generic()
+            .and_then(|mut nl| {
+                let msg = update_device(self.index, change.new_table, &spec);
+                nl.request(genl(self.family, msg), 0)
+            })
+            .map_err(|e| WgError::setup("device", format!("WG_CMD_SET_DEVICE: {e}")))?;
+        super::reroute(self.index, change)?;
+        *self.table.lock().unwrap_or_else(|p| p.into_inner()) = change.new_table;
+        Ok(())
     }
 
     fn stop(&self) -> TeardownReport {
@@ -448,7 +481,7 @@ impl Tunnel for KernelTunnel {
         let (s, gone) = delete_step(&self.name, Some(self.index));
         steps.push(s);
         note_stop(self.peer);
-        if let Some(t) = self.table {
+        if let Some(t) = *self.table.lock().unwrap_or_else(|p| p.into_inner()) {
             steps.push(rules_step(t));
         }
         TeardownReport {
@@ -480,13 +513,7 @@ impl Backend for Kernel {
     }
 
     fn up(&self, cfg: &TunnelConfig, ctx: &mut UpContext) -> Result<Box<dyn Tunnel>> {
-        let allowed: Vec<IpNet> = cfg
-            .peer
-            .allowed_ips
-            .iter()
-            .filter(|n| ctx.ipv6 || n.addr().is_ipv4())
-            .copied()
-            .collect();
+        let allowed: Vec<IpNet> = super::routable(cfg, ctx.ipv6);
         let full = allowed.iter().any(|n| n.prefix_len() == 0);
         let table =
             if full {
@@ -519,7 +546,7 @@ impl Backend for Kernel {
             index,
             family: 0,
             peer: spec.public_key,
-            table,
+            table: std::sync::Mutex::new(table),
         };
         let fail = |tunnel: &KernelTunnel, e: WgError| {
             tunnel.stop();

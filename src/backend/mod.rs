@@ -16,6 +16,8 @@
 
 use std::path::Path;
 
+use ipnet::IpNet;
+
 use crate::config::TunnelConfig;
 use crate::error::{Result, WgError};
 use crate::owner::Record;
@@ -48,11 +50,57 @@ pub trait Tunnel: Send + Sync {
     fn initiate_handshake(&self, cfg: &TunnelConfig) {
         crate::handshake::nudge_if_quiet(cfg);
     }
-    /// Change the peer's allowed IPs (and their routes) without taking the tunnel down.
-    fn set_config(&self, cfg: &TunnelConfig) -> Result<()>;
+    /// Change the live tunnel in place, on the same interface, without dropping open
+    /// connections: the peer (allowed IPs, endpoint, keepalive), the fwmark and the routing
+    /// that go with them. On error the caller puts the old config back (or takes the tunnel
+    /// down). DNS is the caller's.
+    fn update(&self, change: &Change) -> Result<()> {
+        let _ = change;
+        Err(WgError::NotAvailable(format!(
+            "the {} backend cannot change a live tunnel; reconnect instead",
+            self.backend()
+        )))
+    }
     /// Take the tunnel down: interface, routes, rules and the key file, if any (DNS is the
     /// cleanup routine's). Idempotent; never fails: the report says what was done.
     fn stop(&self) -> TeardownReport;
+}
+
+/// A change of a live tunnel (`Tunnel::update`).
+pub struct Change<'a> {
+    pub old: &'a TunnelConfig,
+    pub new: &'a TunnelConfig,
+    /// IPv6 is enabled in this namespace (else `::/0` is left out).
+    pub ipv6: bool,
+    /// The full tunnel's table before and after (recorded by the caller before any rule of
+    /// a new one exists).
+    pub old_table: Option<u32>,
+    pub new_table: Option<u32>,
+}
+
+impl Change<'_> {
+    /// The allowed IPs to route, before and after.
+    pub fn allowed(&self) -> (Vec<IpNet>, Vec<IpNet>) {
+        (routable(self.old, self.ipv6), routable(self.new, self.ipv6))
+    }
+}
+
+/// The peer's allowed IPs that are routed here: without IPv6 ones on a host without IPv6.
+pub fn routable(cfg: &TunnelConfig, ipv6: bool) -> Vec<IpNet> {
+    cfg.peer
+        .allowed_ips
+        .iter()
+        .filter(|n| ipv6 || n.addr().is_ipv4())
+        .copied()
+        .collect()
+}
+
+/// The routing part of a native backend's `update`, once its device carries the new config.
+pub fn reroute(index: u32, change: &Change) -> Result<()> {
+    let (old, new) = change.allowed();
+    crate::routing::reroute(index, (&old, change.old_table), (&new, change.new_table))
+        .map(|_| ())
+        .map_err(|e| WgError::setup("routing", e))
 }
 
 /// What `up` needs besides the config.

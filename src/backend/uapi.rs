@@ -54,7 +54,8 @@ pub fn parse_peer(answer: &str, key: &[u8; 32], now: SystemTime) -> Option<Stats
     let mut s = found?;
     if secs != 0 || nsecs != 0 {
         let at = UNIX_EPOCH + Duration::new(secs, nsecs);
-        s.last_handshake_ms = Some(now.duration_since(at).unwrap_or_default().as_secs_f64() * 1000.0);
+        s.last_handshake_ms =
+            Some(now.duration_since(at).unwrap_or_default().as_secs_f64() * 1000.0);
     }
     Some(s)
 }
@@ -67,8 +68,10 @@ pub fn stats(name: &str, key: &[u8; 32]) -> Result<Stats> {
     }
     let mut s = UnixStream::connect(format!("/run/wireguard/{name}.sock"))
         .map_err(|e| fail(e.to_string()))?;
-    s.set_read_timeout(Some(BOUND)).map_err(|e| fail(e.to_string()))?;
-    s.set_write_timeout(Some(BOUND)).map_err(|e| fail(e.to_string()))?;
+    s.set_read_timeout(Some(BOUND))
+        .map_err(|e| fail(e.to_string()))?;
+    s.set_write_timeout(Some(BOUND))
+        .map_err(|e| fail(e.to_string()))?;
     s.write_all(b"get=1\n\n").map_err(|e| fail(e.to_string()))?;
     // The answer ends with an empty line after `errno=N`; the daemon then closes or waits.
     let mut answer = Vec::new();

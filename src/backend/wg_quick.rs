@@ -48,12 +48,6 @@ impl Tunnel for WgQuickTunnel {
         }
     }
 
-    fn set_config(&self, _cfg: &TunnelConfig) -> Result<()> {
-        Err(WgError::NotAvailable(
-            "live reconfiguration is not supported by the wg-quick backend yet".into(),
-        ))
-    }
-
     fn stop(&self) -> TeardownReport {
         teardown::teardown_linux_interface(&self.name, Some(&self.conf))
     }
