@@ -36,8 +36,78 @@ function guardProgress(options) {
   }
 }
 
+// Health of a live tunnel, polled from status() (which reads the device). WireGuard's own
+// clocks: a session older than REJECT_AFTER (180 s) carries nothing; and a live node answers
+// any data packet within KEEPALIVE_TIMEOUT + REKEY_TIMEOUT (10 s + 5 s: with data of its own,
+// a passive keepalive, or a handshake), so data sent and nothing received for that long means
+// the node stopped answering. A lone keepalive (32 bytes) is not data: nothing answers it.
+const KEEPALIVE_BYTES = 32
+const NO_REPLY_MS = 15_000
+
+/** The health of one status() reading, given what was seen before (`seen`, updated). */
+function judge(st, seen, now, noReplyMs) {
+  if (!st.exists) return { state: 'gone', reason: 'the interface is gone' }
+  if (seen.rx !== st.rxBytes) {
+    seen.rx = st.rxBytes
+    seen.silentSince = null
+  } else if (seen.tx !== undefined && st.txBytes - seen.tx > KEEPALIVE_BYTES && seen.silentSince === null) {
+    seen.silentSince = now
+  }
+  seen.tx = st.txBytes
+  if (!st.up) return { state: 'unhealthy', reason: 'the interface is down' }
+  if (!st.healthy) {
+    const why = st.lastHandshakeAgoMs == null ? 'no handshake yet' : `last handshake ${Math.round(st.lastHandshakeAgoMs / 1000)} s ago`
+    return { state: 'unhealthy', reason: why }
+  }
+  if (seen.silentSince !== null && now - seen.silentSince >= noReplyMs) {
+    return { state: 'unhealthy', reason: `data sent and nothing received for ${Math.round((now - seen.silentSince) / 1000)} s` }
+  }
+  return { state: 'healthy', reason: null }
+}
+
+/**
+ * Watch a live tunnel's health: `listener({ event, reason, ...status })` is called when it
+ * stops being healthy (`event: 'unhealthy'`: no handshake within WireGuard's reject-after
+ * time, the node not answering data for `noReplyMs`, the interface down) or is gone
+ * (`'gone'`), and when it recovers (`'healthy'`); a tunnel that is not healthy when the watch
+ * starts is reported at once. Polls `status(name)` every `intervalMs` (default 1000) on a
+ * timer that does not keep the event loop alive. Returns the unsubscribe function. A
+ * listener that throws is reported as a process warning (code WG_WATCH_LISTENER_THREW).
+ */
+function watch(name, listener, { intervalMs = 1000, noReplyMs = NO_REPLY_MS } = {}) {
+  const bad = (field, want) => Object.assign(new TypeError(`invalid ${field}: must be ${want}`), { code: 'INVALID_OPTIONS', retryable: false })
+  if (typeof name !== 'string' || !name) throw bad('name', 'a tunnel name')
+  if (typeof listener !== 'function') throw bad('listener', 'a function')
+  if (!Number.isInteger(intervalMs) || intervalMs < 50) throw bad('options.intervalMs', 'a whole number of ms >= 50')
+  if (!Number.isInteger(noReplyMs) || noReplyMs < 1000) throw bad('options.noReplyMs', 'a whole number of ms >= 1000')
+  const seen = { rx: undefined, tx: undefined, silentSince: null }
+  let last = 'healthy' // what the caller believes after a successful connect
+  const poll = () => {
+    let st
+    try {
+      st = module.exports.status(name)
+    } catch {
+      return
+    }
+    const { state, reason } = judge(st, seen, performance.now(), noReplyMs)
+    if (state === last) return
+    last = state
+    try {
+      listener({ event: state, reason, ...st })
+    } catch (e) {
+      const why = e instanceof Error ? e.message : String(e)
+      process.emitWarning(`blue-wireguard: a watch listener of ${name} threw: ${why}`, { code: 'WG_WATCH_LISTENER_THREW' })
+    }
+  }
+  const timer = setInterval(poll, intervalMs)
+  timer.unref()
+  setImmediate(poll).unref()
+  return () => clearInterval(timer)
+}
+
 // Assigned property by property (not a spread), so Node's ESM import of this CommonJS file
 // still sees every named export.
 module.exports.connect = (config, options) => native.connect(config, guardProgress(options))
 module.exports.connectConfigFile = (confPath, options) =>
   native.connectConfigFile(confPath, guardProgress(options))
+module.exports.watch = watch

@@ -228,3 +228,54 @@ test('update: bad patches are refused before anything changes; a tunnel not up i
   assert.equal(r.one('disconnected').report.gone, true)
   await assertClean(tb, name, r.tmp, original)
 })
+
+test('watch: reports a node that stops answering mid-session, its recovery, and the interface gone; it does not keep the process alive', async (t) => {
+  const tmp = tmpdir(t)
+  const name = `${tb.prefix}w`
+  const a = startFixture(tb, STEPS, {
+    tmp,
+    env: {
+      BW_STEPS: JSON.stringify([
+        { op: 'connect', config: tb.tunnelConfig(0, { name }) },
+        { op: 'watch', name, options: { intervalMs: 100, noReplyMs: 2000 } },
+        { op: 'stream-start', url: `http://${tb.httpTunnelHost}:8080/watch`, everyMs: 20 },
+        { op: 'sleep', ms: 3000 }, // longer than noReplyMs, with the node answering
+        { op: 'pause' }, // the test drops the node's WireGuard traffic
+        { op: 'sleep', ms: 4000 },
+        { op: 'pause' }, // the test lets it through again
+        { op: 'sleep', ms: 4000 },
+        { op: 'stream-stop' },
+        { op: 'disconnect', name },
+        { op: 'sleep', ms: 500 },
+      ]),
+    },
+  })
+  t.after(() => a.child.exitCode === null && a.child.kill('SIGKILL'))
+  const health = () => a.events.filter((e) => e.event === 'health').map((e) => e.health)
+  const port = tb.endpoint.split(':')[1]
+  const nft = (...args) => tb.execNode('nft', args)
+
+  await a.next('paused', 30_000)
+  assert.deepEqual(health(), [], 'a healthy tunnel was reported unhealthy')
+  for (const cmd of [
+    ['add', 'table', 'inet', 'bwdrop'],
+    ['add', 'chain', 'inet', 'bwdrop', 'in', '{ type filter hook input priority 0 ; }'],
+    ['add', 'rule', 'inet', 'bwdrop', 'in', 'udp', 'dport', port, 'drop'],
+  ]) assert.equal((await nft(...cmd)).code, 0, cmd.join(' '))
+  a.child.kill('SIGUSR2')
+  await a.waitFor(() => a.events.filter((e) => e.event === 'paused').length === 2, 'second pause', 30_000)
+  const down = health()
+  assert.equal(down.length, 1, JSON.stringify(down))
+  assert.equal(down[0].event, 'unhealthy')
+  assert.match(down[0].reason, /nothing received/)
+  assert.equal(down[0].name, name)
+  assert.equal(typeof down[0].rxBytes, 'number')
+  assert.equal((await nft('delete', 'table', 'inet', 'bwdrop')).code, 0)
+  a.child.kill('SIGUSR2')
+  const exit = await a.exited
+  const events = health().map((e) => e.event)
+  assert.deepEqual(events, ['unhealthy', 'healthy', 'gone'], JSON.stringify(health()))
+  assert.equal(a.events.at(-1).event, 'done')
+  assert.equal(exit.code, 0, 'the process ended by itself with the watch still subscribed')
+  await assertClean(tb, name, tmp, original)
+})
