@@ -144,7 +144,10 @@ async function main() {
     const plan = {
       runs: opt.runs, warmup: 1, url, clientIp: tb.clients[0].address.split('/')[0],
       dnsName: tb.dnsName, dnsAnswer: tb.dnsAnswer, split, full, emergencyCalls: opt.calls,
-      sdk: { runs: opt.sdkRuns, confDir: path.join(tmp, 'sdk', 'sentinel-wg'),
+      // The SDK emulation runs wg-quick (wireguard-go here) on the testbed's second key: right
+      // after an embedded tunnel on the first key, the node would refuse its handshakes for
+      // 27 s (gotatun's TAI64N timestamps run ahead of wireguard-go's, ai-path T34).
+      sdk: { runs: opt.sdkRuns, confDir: path.join(tmp, 'sdk', 'sentinel-wg'), config: tb.tunnelConfig(1, { name }),
         sleepAfterDownMs: SDK_SLEEP_AFTER_DOWN_MS, sleepAfterUpMs: SDK_SLEEP_AFTER_UP_MS },
     }
 

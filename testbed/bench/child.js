@@ -397,7 +397,7 @@ async function run(c) {
       say('kill', await killRun(c.i))
       break
     case 'sdk':
-      say('sdk', await sdkRun(plan.split, c.i))
+      say('sdk', await sdkRun(plan.sdk.config || plan.split, c.i))
       break
     case 'exit':
       if (plan.sdk) fs.rmSync(plan.sdk.confDir, { recursive: true, force: true })
