@@ -437,14 +437,17 @@ fn restore_at(at: &At, name: &str, is_live: &dyn Fn(&str) -> bool) -> bool {
     if !entry.is_some_and(|e| e.method == DnsMethod::File) {
         // ...unless a kill inside `apply` may have left a saved original (whole, or as its
         // temp file) or its temp entry: those are dropped under the lock if no tunnel uses
-        // them.
-        let cut_apply = [
-            format!(".{}.tmp", entry_file(name)),
-            format!(".{ORIG_FILE}.tmp"),
-            ORIG_FILE.to_string(),
-        ]
-        .iter()
-        .any(|f| fs::symlink_metadata(at.dir.join(f)).is_ok());
+        // them. A saved original beside another tunnel's resolv.conf entry is that tunnel's,
+        // in use: then the cheap way stays lock-free (a tunnel without DNS must not wait on
+        // the namespace lock because another one has DNS).
+        let exists = |f: &str| fs::symlink_metadata(at.dir.join(f)).is_ok();
+        let orphan_original = exists(ORIG_FILE)
+            && !load_entries(at.dir)
+                .iter()
+                .any(|(_, e)| e.method == DnsMethod::File);
+        let cut_apply = exists(&format!(".{}.tmp", entry_file(name)))
+            || exists(&format!(".{ORIG_FILE}.tmp"))
+            || orphan_original;
         match read_current(at.resolv) {
             Ok(cur) if cur.header() == Some((at.netns, name)) => {}
             _ if cut_apply => {}
