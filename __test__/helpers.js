@@ -16,14 +16,14 @@ function tmpdir(t) {
 }
 
 /**
- * Start the agent in the testbed's cli namespace (through testbed/fixtures/checks.js).
- * Returns { child, events, next(event), exited, stderr() } where next() resolves with the first
+ * Start the agent in the testbed's cli namespace (through testbed/fixtures/checks.js);
+ * `wrap` runs it through a command that execs it in place (e.g. setpriv). Returns { child, events, next(event), exited, stderr() } where next() resolves with the first
  * event of that name (rejects on timeout, an 'error' event, or if the agent ends first) and
  * exited resolves { code, signal, status, stderr } (status as a shell reports it: 128 + signal
  * number when killed).
  */
-function startAgent(tb, plan, { tmp, env = {}, script = AGENT } = {}) {
-  const a = startFixture(tb, script, { env: { BW_AGENT: JSON.stringify(plan), ...env }, tmp })
+function startAgent(tb, plan, { tmp, env = {}, script = AGENT, wrap } = {}) {
+  const a = startFixture(tb, script, { env: { BW_AGENT: JSON.stringify(plan), ...env }, tmp, wrap })
   const exited = a.exited.then((x) => ({ ...x, stderr: a.stderr() }))
   return { child: a.child, events: a.events, next: a.next, exited, stderr: a.stderr }
 }
@@ -213,12 +213,12 @@ function stateFiles(tb, name) {
   }
 }
 
-/** Every file in the state dir but the lock files and `netns.cookie` (kept for the
- *  namespace's life): what a namespace with no tunnel of ours (and no DNS change of ours) must
- *  not hold, e.g. a key file or `resolv.orig`. */
-function allStateFiles(tb) {
+/** Every file in the state dir (root's, or `dir`) but the lock files and `netns.cookie` (kept
+ *  for the namespace's life): what a namespace with no tunnel of ours (and no DNS change of
+ *  ours) must not hold, e.g. a key file or `resolv.orig`. */
+function allStateFiles(tb, dir = stateDir(tb)) {
   try {
-    return fs.readdirSync(stateDir(tb)).filter((f) => !f.endsWith('.lock') && f !== 'netns.cookie')
+    return fs.readdirSync(dir).filter((f) => !f.endsWith('.lock') && f !== 'netns.cookie')
   } catch {
     return []
   }

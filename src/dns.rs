@@ -224,6 +224,60 @@ pub fn apply(dir: &Path, netns: u64, name: &str, servers: &[IpAddr]) -> Result<D
     apply_with(&At::new(dir, &resolv, netns), detect(), name, servers)
 }
 
+/// Refuse, before anything is changed, DNS this process could not apply: with the
+/// `resolv.conf` method (every network namespace but PID 1's, or a host with neither
+/// systemd-resolved nor resolvconf in use) the file must be writable by this process, which
+/// without root it usually is not (CAP_NET_ADMIN alone does not grant it). Without this check
+/// such a connect would bring the tunnel up and fail at its last step. Cheap: no subprocess,
+/// no write (`faccessat` with the effective ids and capabilities).
+pub fn preflight(servers: &[IpAddr]) -> Result<()> {
+    if servers.is_empty() || detect() != DnsMethod::File {
+        return Ok(());
+    }
+    let path = resolv_conf_path();
+    let Some((target, e)) = write_denied(&effective(&path)) else {
+        return Ok(());
+    };
+    let list: Vec<String> = servers.iter().map(IpAddr::to_string).collect();
+    Err(WgError::PermissionDenied(format!(
+        "DNS servers were requested ({}) but this process (euid {}) cannot write {} ({e}), and \
+         no per-link DNS method (systemd-resolved, resolvconf) is in use here; nothing was \
+         changed. Pass dns: [] to connect without changing DNS (a full tunnel sets DNS servers \
+         by default), run as root, or give this user write access to {}",
+        list.join(", "),
+        euid(),
+        target.display(),
+        path.display(),
+    )))
+}
+
+/// What a rewrite of resolv.conf at `path` (as `effective` gives it) would need to write and
+/// cannot, with the error: the file itself when it is a regular file (written in place), its
+/// directory when it is absent or a dangling link (a file is made beside it and renamed).
+/// None when the write is allowed, or fails for another reason than permissions (`apply`
+/// reports those).
+fn write_denied(path: &Path) -> Option<(PathBuf, io::Error)> {
+    let (target, mode) = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => (path.to_path_buf(), libc::W_OK),
+        Ok(m) if !m.file_type().is_symlink() => return None,
+        _ => (
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+            libc::W_OK | libc::X_OK,
+        ),
+    };
+    let c = std::ffi::CString::new(target.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `c` is a NUL-terminated path; faccessat only reads it.
+    let rc = unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), mode, libc::AT_EACCESS) };
+    if rc == 0 {
+        return None;
+    }
+    let e = io::Error::last_os_error();
+    matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)).then_some((target, e))
+}
+
 /// Undo `name`'s DNS (also after a crash of its owner). `is_live(other)` tells whether another
 /// tunnel `other` of this namespace still has a live owner (its DNS entry must be kept).
 /// Never fails; cheap (no subprocess, no write) when `name` has nothing to restore. Returns
@@ -383,14 +437,17 @@ fn restore_at(at: &At, name: &str, is_live: &dyn Fn(&str) -> bool) -> bool {
     if !entry.is_some_and(|e| e.method == DnsMethod::File) {
         // ...unless a kill inside `apply` may have left a saved original (whole, or as its
         // temp file) or its temp entry: those are dropped under the lock if no tunnel uses
-        // them.
-        let cut_apply = [
-            format!(".{}.tmp", entry_file(name)),
-            format!(".{ORIG_FILE}.tmp"),
-            ORIG_FILE.to_string(),
-        ]
-        .iter()
-        .any(|f| fs::symlink_metadata(at.dir.join(f)).is_ok());
+        // them. A saved original beside another tunnel's resolv.conf entry is that tunnel's,
+        // in use: then the cheap way stays lock-free (a tunnel without DNS must not wait on
+        // the namespace lock because another one has DNS).
+        let exists = |f: &str| fs::symlink_metadata(at.dir.join(f)).is_ok();
+        let orphan_original = exists(ORIG_FILE)
+            && !load_entries(at.dir)
+                .iter()
+                .any(|(_, e)| e.method == DnsMethod::File);
+        let cut_apply = exists(&format!(".{}.tmp", entry_file(name)))
+            || exists(&format!(".{ORIG_FILE}.tmp"))
+            || orphan_original;
         match read_current(at.resolv) {
             Ok(cur) if cur.header() == Some((at.netns, name)) => {}
             _ if cut_apply => {}
@@ -1105,6 +1162,26 @@ mod tests {
             _tmp: tmp,
             dir,
             resolv,
+        }
+    }
+
+    #[test]
+    fn preflight_checks_what_a_rewrite_would_write() {
+        let e = env();
+        // Absent: its directory is what a rewrite writes (a file renamed into place).
+        assert!(write_denied(&e.resolv).is_none());
+        fs::write(&e.resolv, "nameserver 192.0.2.53\n").unwrap();
+        assert!(write_denied(&e.resolv).is_none());
+        // A directory is for `apply` to refuse (not a permission matter).
+        assert!(write_denied(e.resolv.parent().unwrap()).is_none());
+        // No servers: nothing to check.
+        assert!(preflight(&[]).is_ok());
+        // Without root (or CAP_DAC_OVERRIDE), a read-only file is refused with the error.
+        fs::set_permissions(&e.resolv, Permissions::from_mode(0o444)).unwrap();
+        if !crate::backend::has_capability(1) {
+            let (target, err) = write_denied(&e.resolv).expect("a 0444 file is not writable");
+            assert_eq!(target, e.resolv);
+            assert_eq!(err.raw_os_error(), Some(libc::EACCES));
         }
     }
 

@@ -9,7 +9,8 @@ pub enum WgError {
     InvalidOptions { field: String, reason: String },
     /// The private config directory exists but cannot be trusted with a key.
     ConfigDirUnsafe { path: String, reason: String },
-    /// The caller may not manage network interfaces (not root).
+    /// The caller may not do what the tunnel needs: manage network interfaces (no
+    /// CAP_NET_ADMIN; not root for wg-quick), or apply the DNS it asked for.
     PermissionDenied(String),
     /// WireGuard cannot run on this host (no wg-quick, no kernel module, no userspace fallback).
     NotAvailable(String),

@@ -168,6 +168,9 @@ pub fn connect(
     // under sudo and wait for a password).
     be.check_privileges()?;
     be.available()?;
+    // DNS this process could not apply (resolv.conf not writable without root) is refused
+    // here too, not at the last step with the tunnel already up.
+    dns::preflight(&cfg.dns)?;
     mark("preflight", be.name(), &mut steps);
 
     let state = StateDir::create()?;

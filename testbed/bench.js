@@ -2,6 +2,7 @@
 'use strict'
 // npm run bench [-- RUNS] [--json PATH] [--sdk-runs N] [--calls N] [--kill-runs N] [--idle-ms N]
 //                [--backend auto|embedded|wg-quick] [--no-compare]
+//                [--no-throughput] [--tput-runs N] [--tput-secs N]
 //
 // The addon rows are the backend chosen by --backend (default BLUE_WG_BACKEND, else auto:
 // embedded here). Unless --no-compare, a third child runs the same cycles on the wg-quick
@@ -23,6 +24,15 @@
 //                      over --idle-ms (default 2000) of idling
 //   SDK JS path        an EMULATION of the SDK's wireguard.js Linux path (--sdk-runs, default
 //                      min(RUNS, 10); 0 skips it): an estimate, see testbed/bench/child.js
+//   throughput         unless --no-throughput: iperf3 through a split tunnel to a server on the
+//                      node's tunnel address (10.8.0.1), upload then download (-R), --tput-secs
+//                      (default 3) each, --tput-runs (default 3) runs per backend, the backends
+//                      taking turns run by run (with the comparison child: wg-quick, whose
+//                      client here is wireguard-go); medians of Mbit/s (what arrived), of the
+//                      CPU seconds per GB of the process doing the WireGuard work (utime+stime
+//                      around each transfer: the Node process holding an embedded tunnel, the
+//                      cli namespace's wireguard-go for wg-quick) and its VmRSS with the tunnel
+//                      up after the transfers
 // RUNS (default 25) connect/request/disconnect cycles per tunnel kind and per child, after one
 // warm-up cycle each that is not counted. All cycles of a kind run in long-lived child
 // processes inside the testbed's cli namespace (testbed/bench/child.js), so process start-up is
@@ -45,6 +55,8 @@ const { startFixture, leftovers, testbedLeftovers, resolvConfPath, alive, cliPro
 
 const ROOT = path.join(__dirname, '..')
 const CHILD = path.join(__dirname, 'bench', 'child.js')
+const iperf = require('./bench/iperf.js')
+const IPERF_PORT = 5201
 
 // The SDK's fixed sleeps (published wireguard.js, Linux path of installWgTunnel):
 // `await sleep(500)` after the `wg-quick down <name>` attempt, `await sleep(1000)` after
@@ -62,7 +74,8 @@ const KILL_BOUND_MS = 5000 // and for how long at most
 
 // ------------------------------------------------------------------------------------ args
 function parseArgs(argv) {
-  const o = { runs: 25, json: null, sdkRuns: null, calls: 1000, killRuns: 20, idleMs: 2000, backend: process.env.BLUE_WG_BACKEND || 'auto', compare: true }
+  const o = { runs: 25, json: null, sdkRuns: null, calls: 1000, killRuns: 20, idleMs: 2000, backend: process.env.BLUE_WG_BACKEND || 'auto', compare: true,
+    throughput: true, tputRuns: 3, tputSecs: 3 }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     const val = () => {
@@ -77,6 +90,9 @@ function parseArgs(argv) {
     else if (a === '--idle-ms') o.idleMs = int(val(), a, 100)
     else if (a === '--backend') o.backend = val()
     else if (a === '--no-compare') o.compare = false
+    else if (a === '--no-throughput') o.throughput = false
+    else if (a === '--tput-runs') o.tputRuns = int(val(), a, 1)
+    else if (a === '--tput-secs') o.tputSecs = int(val(), a, 1)
     else if (a === '-h' || a === '--help') usage()
     else if (/^\d+$/.test(a)) o.runs = int(a, 'RUNS', 1)
     else usage(`unknown argument ${a}`)
@@ -91,7 +107,8 @@ function int(v, what, min) {
 }
 function usage(msg) {
   if (msg) console.error(`bench: ${msg}`)
-  console.error('usage: node testbed/bench.js [RUNS=25] [--json PATH] [--sdk-runs N] [--calls N] [--kill-runs N=20] [--idle-ms N=2000]')
+  console.error('usage: node testbed/bench.js [RUNS=25] [--json PATH] [--sdk-runs N] [--calls N] [--kill-runs N=20] [--idle-ms N=2000]\n' +
+    '                         [--backend auto|embedded|wg-quick] [--no-compare] [--no-throughput] [--tput-runs N=3] [--tput-secs N=3]')
   process.exit(msg ? 2 : 0)
 }
 
@@ -111,6 +128,8 @@ const r3 = (v) => (v === undefined || v === null ? null : Math.round(v * 1000) /
 async function main() {
   const opt = parseArgs(process.argv.slice(2))
   if (process.getuid() !== 0) throw new Error('must run as root (network namespaces)')
+  const onPath = (prog) => (process.env.PATH || '').split(':').some((d) => d && fs.existsSync(path.join(d, prog)))
+  if (opt.throughput && !onPath('iperf3')) throw new Error('iperf3 is not installed (bash scripts/setup.sh installs it); or pass --no-throughput')
   const log = (s = '') => console.log(s)
   const T0 = Date.now()
   const prefix = `bw${crypto.randomBytes(3).toString('hex')}`
@@ -119,6 +138,7 @@ async function main() {
   let tmp
   const children = []
   const seenDaemons = new Set()
+  let iperfServer = null
   const rows = []
   const result = { ok: false }
   let failure = null
@@ -126,12 +146,14 @@ async function main() {
   // (ending the children inside it) and re-raises the signal.
   onSignalOnce((sig) => {
     if (tmp) fs.rmSync(tmp, { recursive: true, force: true })
+    if (iperfServer) iperfServer.child.kill('SIGTERM') // testbed.sh down ends what is left of it
     console.log(`\nBENCH INTERRUPTED (${sig}): removed ${tmp || 'no TMPDIR'}, tearing the testbed down`)
   })
 
   try {
     log(`bench: ${opt.runs} runs per tunnel kind (+1 warm-up each) with and without the watchdog, ${opt.calls} emergencyCleanupSync calls, ` +
-      `${opt.killRuns} owner SIGKILLs, watchdog footprint over ${opt.idleMs} ms, ${opt.runs} module loads, ${opt.sdkRuns} SDK-emulation runs`)
+      `${opt.killRuns} owner SIGKILLs, watchdog footprint over ${opt.idleMs} ms, ${opt.runs} module loads, ${opt.sdkRuns} SDK-emulation runs, ` +
+      (opt.throughput ? `throughput: ${opt.tputRuns} iperf3 runs per backend of ${opt.tputSecs} s up + ${opt.tputSecs} s down` : 'no throughput'))
     tb = await testbed.up({ nclients: 2, prefix, clientIfnames: [name] })
     tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'bw-bench-'))
     const originalResolv = fs.readFileSync(resolvConfPath(tb), 'utf8')
@@ -144,7 +166,10 @@ async function main() {
     const plan = {
       runs: opt.runs, warmup: 1, url, clientIp: tb.clients[0].address.split('/')[0],
       dnsName: tb.dnsName, dnsAnswer: tb.dnsAnswer, split, full, emergencyCalls: opt.calls,
-      sdk: { runs: opt.sdkRuns, confDir: path.join(tmp, 'sdk', 'sentinel-wg'),
+      // The SDK emulation runs wg-quick (wireguard-go here) on the testbed's second key: right
+      // after an embedded tunnel on the first key, the node would refuse its handshakes for
+      // 27 s (gotatun's TAI64N timestamps run ahead of wireguard-go's, ai-path T34).
+      sdk: { runs: opt.sdkRuns, confDir: path.join(tmp, 'sdk', 'sentinel-wg'), config: tb.tunnelConfig(1, { name }),
         sleepAfterDownMs: SDK_SLEEP_AFTER_DOWN_MS, sleepAfterUpMs: SDK_SLEEP_AFTER_UP_MS },
     }
 
@@ -155,6 +180,7 @@ async function main() {
     // clean (checked in the child after every command).
     const runs = []
     const sdkRuns = []
+    const tputs = []
     const kills = []
     let emergency = null
     let fp = null
@@ -205,6 +231,17 @@ async function main() {
         log(`  sdk   ${String(ev.i + 1).padStart(4)}  connect ${ev.connectMs.toFixed(1)} ms (no sleeps ${ev.connectNoSleepMs.toFixed(1)}; ` +
           `down-attempt ${ev.preDownMs.toFixed(1)}, up ${ev.upMs.toFixed(1)}, wg show ${ev.verifyMs.toFixed(1)}), +1st req ${ev.firstRequestMs.toFixed(1)}, ` +
           `disconnect ${ev.disconnectMs.toFixed(1)} ms`)
+      } else if (ev.event === 'throughput') {
+        if (!tputs.length) {
+          log('')
+          log(`  throughput: iperf3 ${tb.cliNs} -> ${IPERF_PORT}@${tb.httpNodeHost} in ${tb.nodeNs} through a split tunnel, ${opt.tputSecs} s each way; ` +
+            'CPU = utime+stime of the process doing the WireGuard work during the transfer')
+          log('   run  backend    up Mbit/s  CPU s/GB  down Mbit/s  CPU s/GB  VmRSS kB  (before connect)  worker')
+        }
+        tputs.push(ev)
+        log(`  ${String(ev.i + 1).padStart(4)}  ${ev.backend.padEnd(9)} ${ev.up.mbps.toFixed(0).padStart(10)} ${ev.up.cpuSPerGB.toFixed(2).padStart(9)} ` +
+          `${ev.down.mbps.toFixed(0).padStart(12)} ${ev.down.cpuSPerGB.toFixed(2).padStart(9)} ${String(ev.vmRssKb).padStart(9)}  ` +
+          `${(ev.baseRssKb === null ? '-' : `(${ev.baseRssKb})`).padStart(16)}  ${ev.workerPid} ${ev.workerCmd.slice(0, 40)}`)
       } else if (ev.event === 'leftover') log(`  LEFTOVER (${ev.tag}) after ${ev.label}: ${ev.left.join('; ')}`)
     }
     const start = (tag, noWatchdog, p, backend = opt.backend) => {
@@ -251,6 +288,25 @@ async function main() {
     for (let i = 0; i < opt.runs; i++) {
       for (const mode of ['split', 'full']) {
         for (const c of i % 2 ? [...cycling].reverse() : cycling) await c.ask({ cmd: 'cycle', mode, i })
+      }
+    }
+    // throughput: one iperf3 server on the node's tunnel address for the section; the
+    // backends take turns run by run (order swapped on odd runs), each bringing its own
+    // split tunnel up and down around its transfers
+    if (opt.throughput) {
+      const tputChildren = Q ? [W, Q] : [W]
+      const perRunS = 2 * (opt.tputSecs + 15) + 30
+      iperfServer = await iperf.startServer(tb, { ip: tb.httpNodeHost, port: IPERF_PORT, boundS: opt.tputRuns * tputChildren.length * perRunS + 60 })
+      try {
+        for (let i = 0; i < opt.tputRuns; i++) {
+          for (const c of i % 2 ? [...tputChildren].reverse() : tputChildren) {
+            await c.ask({ cmd: 'throughput', i, server: tb.httpNodeHost, port: IPERF_PORT, seconds: opt.tputSecs }, perRunS * 1000)
+          }
+        }
+      } finally {
+        const left = await iperf.stopServer(iperfServer)
+        iperfServer = null
+        if (left.length) throw new Error(`iperf3 server still running after its stop: ${left.join(', ')}`)
       }
     }
     for (const c of cycling.slice(1)) {
@@ -377,6 +433,47 @@ async function main() {
       add('sdk.disconnect', 'SDK JS path EMULATED: disconnect', sp('disconnectMs'))
     }
 
+    const tputBackends = [...new Set(tputs.map((r) => r.backend))]
+    const tputSummary = {}
+    for (const be of tputBackends) {
+      const rs = tputs.filter((r) => r.backend === be)
+      const label = be === 'wg-quick' ? 'wg-quick (wireguard-go)' : be
+      const mbit = { unit: 'Mbit/s', show: (v) => `${v.toFixed(0)} Mb/s` }
+      const perGb = { unit: 's/GB', show: (v) => `${v.toFixed(2)} s` }
+      add(`throughput.${be}.up`, `throughput ${label}: upload`, rs.map((r) => r.up.mbps), null, mbit)
+      add(`throughput.${be}.down`, `throughput ${label}: download`, rs.map((r) => r.down.mbps), null, mbit)
+      add(`throughput.${be}.up.cpuPerGB`, `  CPU per GB, upload (s/GB)`, rs.map((r) => r.up.cpuSPerGB), null, perGb)
+      add(`throughput.${be}.down.cpuPerGB`, `  CPU per GB, download (s/GB)`, rs.map((r) => r.down.cpuSPerGB), null, perGb)
+      const kB = { unit: 'kB', show: (v) => `${v.toFixed(0)} kB` }
+      add(`throughput.${be}.vmRss`, `  VmRSS of ${be === 'wg-quick' ? 'wireguard-go' : 'the Node process'}, tunnel up`, rs.map((r) => r.vmRssKb), null, kB)
+      // In-process, the Node process's own size says little; what the tunnel made it grow
+      // by does. Its allocator keeps what the first transfers took, so: the largest VmRSS
+      // with a tunnel up minus VmRSS before the section's first connect on this backend.
+      if (rs[0].baseRssKb !== null) {
+        one(`throughput.${be}.vmRssGrowth`, '  VmRSS growth (max tunnel up - before 1st)', Math.max(...rs.map((r) => r.vmRssKb)) - rs[0].baseRssKb, rs.length, null, kB)
+      }
+      tputSummary[be] = {
+        runs: rs.length, seconds: opt.tputSecs, worker: be === 'wg-quick' ? 'wireguard-go' : 'node (the tunnel owner)',
+        upMbps: r3(stats(rs.map((r) => r.up.mbps)).median), downMbps: r3(stats(rs.map((r) => r.down.mbps)).median),
+        upCpuSPerGB: r3(stats(rs.map((r) => r.up.cpuSPerGB)).median), downCpuSPerGB: r3(stats(rs.map((r) => r.down.cpuSPerGB)).median),
+        vmRssKb: stats(rs.map((r) => r.vmRssKb)).median,
+        rssBeforeFirstConnectKb: rs[0].baseRssKb,
+        rssGrowthKb: rs[0].baseRssKb === null ? null : Math.max(...rs.map((r) => r.vmRssKb)) - rs[0].baseRssKb,
+        perRun: rs.map((r) => ({ i: r.i, up: r.up, down: r.down, vmRssKb: r.vmRssKb, baseRssKb: r.baseRssKb, worker: r.workerCmd })),
+      }
+    }
+    // Issue 8's target: throughput at least wireguard-go's (medians, each direction).
+    let tputTarget = null
+    if (tputSummary['wg-quick'] && tputBackends.length === 2) {
+      const be = tputBackends.find((b) => b !== 'wg-quick')
+      tputTarget = Object.fromEntries(['up', 'down'].map((d) => [d, tputSummary[be][`${d}Mbps`] >= tputSummary['wg-quick'][`${d}Mbps`]]))
+      for (const dir of ['up', 'down']) {
+        one(`ratio.throughput.${dir}`, `  ${be} / wg-quick, ${dir === 'up' ? 'upload' : 'download'} throughput`,
+          tputSummary[be][`${dir}Mbps`] / tputSummary['wg-quick'][`${dir}Mbps`], opt.tputRuns, null,
+          { unit: 'ratio', show: (v) => `${(v * 100).toFixed(1)}%` })
+      }
+    }
+
     log('')
     log(`summary (${opt.runs} runs, ${kills.length} owner kills; medians compared with the targets unless marked "worst"; µs/ms as shown)`)
     const LW = 48
@@ -400,6 +497,18 @@ async function main() {
         `${fp.cpuMs.toFixed(0)} ms CPU (utime+stime, ${(1000 / fp.clkTck).toFixed(0)} ms ticks) and ` +
         `${fp.schedNs === null ? '-' : `${(fp.schedNs / 1e3).toFixed(1)} µs`} on CPU (schedstat) over ${fp.idleMs.toFixed(0)} ms idle with a tunnel up`)
     }
+    if (tputs.length) {
+      const base = tputSummary.embedded || tputSummary.kernel
+      log(`throughput (iperf3 through a split tunnel to ${tb.httpNodeHost}:${IPERF_PORT} in the node namespace, ${opt.tputSecs} s each way, ` +
+        `medians of ${opt.tputRuns} runs per backend, backends taking turns): Mbit/s of what arrived; CPU s/GB = utime+stime of the process ` +
+        'doing the WireGuard work (the Node process for the native backends, wireguard-go for wg-quick) per GB that arrived; VmRSS of that ' +
+        `process with the tunnel up after the transfers${base && base.rssBeforeFirstConnectKb ? ` (the Node process, a bench child that has run every cycle above, ` +
+          `had ${base.rssBeforeFirstConnectKb} kB before its first connect here and grew by ${base.rssGrowthKb} kB: what the transfers made it allocate, which its allocator keeps)` : ''}. ` +
+        'The node side is wireguard-go in every case; iperf3 and both WireGuard ends share the 2 cores.')
+      if (tputTarget) {
+        log(`throughput target (issue 8: at least wireguard-go's, medians): upload ${tputTarget.up ? 'ok' : 'MISS'}, download ${tputTarget.down ? 'ok' : 'MISS'}`)
+      }
+    }
     if (sdkRuns.length) {
       log(`SDK rows are an ESTIMATE: an emulation of the published wireguard.js Linux path (write conf, ` +
         `wg-quick down <name> attempt, sleep ${SDK_SLEEP_AFTER_DOWN_MS} ms, wg-quick up <conf>, sleep ${SDK_SLEEP_AFTER_UP_MS} ms, wg show;` +
@@ -422,12 +531,17 @@ async function main() {
           idleMs: r3(fp.idleMs), cpuMs: fp.cpuMs, clockTickMs: 1000 / fp.clkTck, schedNs: fp.schedNs, contextSwitches: fp.switches,
           exitedAfterDisconnect: fp.exitedAfterDisconnect },
       },
+      throughput: tputs.length ? { seconds: opt.tputSecs, runsPerBackend: opt.tputRuns, server: `${tb.httpNodeHost}:${IPERF_PORT}`, backends: tputSummary, atLeastWireguardGo: tputTarget } : null,
       sdkEmulation: sdkRuns.length ? { sleepAfterDownMs: SDK_SLEEP_AFTER_DOWN_MS, sleepAfterUpMs: SDK_SLEEP_AFTER_UP_MS, tunnel: 'split', estimate: true } : null,
       metrics: rows.map((r) => ({ key: r.key, label: r.label.trim(), n: r.n, unit: r.unit, median: r3(r.median), p90: r3(r.p90), min: r3(r.min), max: r3(r.max), mean: r3(r.mean), targetMs: r.targetMs, targetOn: r.targetOn, pass: r.pass })),
     })
   } catch (err) {
     failure = err
   } finally {
+    if (iperfServer) {
+      const left = await iperf.stopServer(iperfServer)
+      if (left.length && !failure) failure = new Error(`iperf3 server still running after its stop: ${left.join(', ')}`)
+    }
     for (const c of children) if (c.child.exitCode === null && c.child.signalCode === null) c.child.kill('SIGKILL')
     if (tb) {
       try {

@@ -21,6 +21,11 @@
 //                                namespace is clean, polled every plan.kill.intervalMs without
 //                                touching the addon here; event 'kill'
 //   sdk {i}                      the SDK's JavaScript path, emulated (see sdkRun); event 'sdk'
+//   throughput {i, server, port, seconds}
+//                                split tunnel up, then iperf3 through it to the node's server
+//                                (upload, then download with -R), the CPU time of the process
+//                                doing the WireGuard work around each transfer and its VmRSS
+//                                after them; event 'throughput' (see throughputRun)
 //   exit                         event 'done', exit 0
 // After every command it checks, untimed, that nothing is left (interface, rules, nft table,
 // key files, record and DNS state in the state dir, resolv.conf, wireguard-go, watchdog); a
@@ -296,6 +301,85 @@ async function killRun(i) {
   }
 }
 
+// ------------------------------------------------------------------------ throughput
+
+/**
+ * iperf3 as a client of `server`:`port` for `seconds` (download with -R), JSON output.
+ * Bounded (SIGKILL after seconds + 15 s), stdin closed, stderr kept. Resolves its summary:
+ * { mbps, bytes, seconds, retransmits } of the receiving side (what arrived).
+ */
+function iperf3Client({ server, port, seconds }, reverse) {
+  const args = ['-c', server, '-p', String(port), '-t', String(seconds), '-J', '--connect-timeout', '3000', ...(reverse ? ['-R'] : [])]
+  const boundMs = (seconds + 15) * 1000
+  return new Promise((resolve, reject) => {
+    const child = spawn('iperf3', args, { stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    let err = ''
+    child.stdout.setEncoding('utf8').on('data', (d) => (out += d))
+    child.stderr.setEncoding('utf8').on('data', (d) => (err += d))
+    const timer = setTimeout(() => child.kill('SIGKILL'), boundMs)
+    child.on('error', (e) => {
+      clearTimeout(timer)
+      reject(new Error(`iperf3 ${args.join(' ')}: ${e.message}`))
+    })
+    child.on('close', (code, signal) => {
+      clearTimeout(timer)
+      let j = null
+      try {
+        j = JSON.parse(out)
+      } catch {}
+      const rcv = j && j.end && j.end.sum_received
+      if (code !== 0 || !rcv || j.error) {
+        return reject(new Error(`iperf3 ${args.join(' ')} ended ${signal || code}${signal === 'SIGKILL' ? ` (bound ${boundMs} ms)` : ''}: ` +
+          `${(j && j.error) || err.trim() || out.slice(0, 300)}`))
+      }
+      resolve({ mbps: rcv.bits_per_second / 1e6, bytes: rcv.bytes, seconds: rcv.seconds, retransmits: j.end.sum_sent ? j.end.sum_sent.retransmits ?? null : null })
+    })
+  })
+}
+
+/**
+ * One throughput run on this child's backend: a split tunnel (the node's tunnel address is
+ * in it) up, a first HTTP answer (handshake done), then iperf3 upload and download through
+ * it. The process doing the WireGuard work is this one for the native backends (gotatun runs
+ * on napi's threads here) and the namespace's wireguard-go for wg-quick; its utime+stime
+ * (all threads; not its children's) is read around each transfer, its VmRSS after both with
+ * the tunnel still up. CPU per GB is over the bytes that arrived.
+ */
+async function throughputRun(i, t) {
+  const before = procSample(process.pid)
+  const info = await wg.connect(plan.split)
+  try {
+    const first = await getUntilOk(plan.url, { deadlineMs: 10000 })
+    if (!first.ok) throw new Error(`throughput run ${i}: no HTTP answer through the tunnel: ${JSON.stringify(first.last)}`)
+    let worker = process.pid
+    if (info.backend === 'wg-quick') {
+      const daemons = wireguardGo()
+      if (daemons.length !== 1) throw new Error(`throughput run ${i}: want one wireguard-go in this namespace, found ${JSON.stringify(daemons)}`)
+      worker = daemons[0]
+    }
+    const r = { i, backend: info.backend, workerPid: worker, workerCmd: procSample(worker).cmd, clkTck: CLK_TCK }
+    for (const [dir, reverse] of [['up', false], ['down', true]]) {
+      const a = procSample(worker)
+      const x = await iperf3Client(t, reverse)
+      const b = procSample(worker)
+      const cpuS = (b.ticks - a.ticks) / CLK_TCK
+      r[dir] = { ...x, cpuS, cpuSPerGB: cpuS / (x.bytes / 1e9) }
+    }
+    const s = procSample(worker)
+    r.vmRssKb = s.vmRssKb
+    r.rssAnonKb = s.rssAnonKb
+    // For the native backends the worker is this Node process: its RSS before the connect
+    // tells what the tunnel and its buffers added.
+    r.baseRssKb = worker === process.pid ? before.vmRssKb : null
+    return r
+  } finally {
+    const rep = await wg.disconnect(info.name)
+    if (!rep || !rep.gone) throw new Error(`throughput run ${i}: disconnect did not finish: ${JSON.stringify(rep)}`)
+    await settle(`throughput run ${i}`, info.name, [wg.configDir()])
+  }
+}
+
 // ------------------------------------------------------------------------ the SDK's JS path
 // An emulation of the SDK's Linux path in wireguard.js (installWgTunnel / uninstallWgTunnel),
 // as published (Sentinel dVPN JS SDK): write <tmp>/sentinel-wg/<name>.conf (0600), then
@@ -397,7 +481,10 @@ async function run(c) {
       say('kill', await killRun(c.i))
       break
     case 'sdk':
-      say('sdk', await sdkRun(plan.split, c.i))
+      say('sdk', await sdkRun(plan.sdk.config || plan.split, c.i))
+      break
+    case 'throughput':
+      say('throughput', await throughputRun(c.i, c))
       break
     case 'exit':
       if (plan.sdk) fs.rmSync(plan.sdk.confDir, { recursive: true, force: true })
