@@ -67,6 +67,23 @@ for (const backend of BACKENDS) {
   })
 }
 
+for (const backend of BACKENDS) {
+  test(`${backend}: without a persistent keepalive the handshake is still started and verified`, async (t) => {
+    const name = `${tb.prefix}q${backend[0]}`
+    const base = tb.tunnelConfig(clientBase(backend, 1), { name })
+    const config = { ...base, peer: { ...base.peer, persistentKeepalive: 0 } }
+    const r = await runSteps(t, [
+      { op: 'connect', config, options: { backend, handshakeTimeoutMs: 3000 } },
+      { op: 'disconnect', name },
+    ])
+    const c = r.one('connected')
+    assert.ok(c, JSON.stringify(r.events) + r.stderr)
+    assert.ok(c.info.handshakeMs < 3000, JSON.stringify(c.info.steps))
+    assert.equal(c.status.healthy, true)
+    await assertClean(tb, name, r.tmp, original)
+  })
+}
+
 const dead = [
   ['a wrong node key', (c) => ({ ...c, peer: { ...c.peer, publicKey: strangerKey() } })],
   ['a wrong port', (c) => ({ ...c, peer: { ...c.peer, endpoint: tb.endpoint.replace(/:\d+$/, ':51999') } })],

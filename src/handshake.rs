@@ -55,7 +55,11 @@ pub fn probe_target(cfg: &TunnelConfig) -> Option<IpAddr> {
         .filter(|a| a.prefix_len() < a.max_prefix_len());
     subnets
         .chain(cfg.peer.allowed_ips.iter().filter(|n| n.prefix_len() > 0))
-        .flat_map(|net| (0..3).filter_map(move |n| nth_host(net, n)))
+        // A host route is its own host; a network's hosts start after its address.
+        .flat_map(|net| {
+            let first = u128::from(net.prefix_len() < net.max_prefix_len());
+            (first..first + 2).filter_map(move |n| nth_host(net, n))
+        })
         .find(|ip| allowed(ip) && !ours(ip) && !ip.is_unspecified())
 }
 
