@@ -152,7 +152,7 @@ test('full tunnel with IPv6 disabled in the namespace leaves ::/0 out and works'
   await assertClean(tb, name, tmp, original)
 })
 
-test('verify-before-capture: a second connect on the same name in the same process replaces the first', async (t) => {
+test('verify-before-capture: a second connect on the same name in the same process changes the first in place (native) or replaces it (wg-quick)', async (t) => {
   const tmp = tmpdir(t)
   const name = `${tb.prefix}c`
   const r = await runAgent(
@@ -170,7 +170,13 @@ test('verify-before-capture: a second connect on the same name in the same proce
   assert.ok(second, JSON.stringify(r.events))
   assert.equal(first.info.fullTunnel, false)
   assert.equal(second.info.fullTunnel, true)
-  assert.equal(second.info.replacedStale, true)
+  if (first.info.backend === 'wg-quick') {
+    assert.equal(second.info.replacedStale, true)
+  } else {
+    assert.equal(second.info.replacedStale, false)
+    assert.deepEqual(second.steps, ['validate', 'update'])
+    assert.equal(second.status.index, first.status.index, 'the interface was replaced')
+  }
   const fetches = r.events.filter((e) => e.event === 'fetch')
   assert.deepEqual(fetches.map((f) => f.ok), [true, true])
   assert.equal(JSON.parse(fetches[1].body).path, '/captured')

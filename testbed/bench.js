@@ -9,7 +9,10 @@
 // backend, turn by turn, and the summary gives its medians and the ratio of the two.
 //
 // Latency of the addon on one throwaway network-namespace testbed (wireguard-go peer):
-//   connect            connect() call -> resolved Promise, split tunnel and full tunnel (+DNS)
+//   connect            connect() call -> resolved Promise (after the first handshake), split
+//                      tunnel and full tunnel (+DNS); the handshake's time from the call
+//   update             update() split -> full -> split of the live split tunnel (native)
+//   status             one status() call (reads the device), median of 101 per run
 //   connect+first req  connect() call -> first HTTP GET to 198.18.0.10 through the tunnel OK
 //   disconnect         disconnect() call -> resolved Promise
 //   emergencyCleanupSync() with nothing to clean (--calls, default 1000 calls)
@@ -369,6 +372,10 @@ async function main() {
     add('full.connect', 'addon full tunnel (DNS): connect', pick('full', 'connectMs'), TARGETS.connect)
     add('full.connectFirstRequest', 'addon full tunnel (DNS): connect+first request', pick('full', 'connectFirstMs'))
     add('full.firstLookup', 'addon full tunnel: first DNS lookup via tunnel', pick('full', 'firstLookupMs'))
+    add('split.handshake', 'addon split tunnel: connect call -> first handshake', pick('split', 'handshakeMs').filter((x) => x != null))
+    add('update.toFull', 'addon update(): split -> full, in place', pick('split', 'updateToFullMs').filter((x) => x != null))
+    add('update.toSplit', 'addon update(): full -> split, in place', pick('split', 'updateToSplitMs').filter((x) => x != null))
+    add('status', 'addon status() (reads the device)', pick('split', 'statusMs').filter((x) => x != null))
     add('split.disconnect', 'addon split tunnel: disconnect', pick('split', 'disconnectMs'), TARGETS.disconnect)
     add('full.disconnect', 'addon full tunnel: disconnect', pick('full', 'disconnectMs'), TARGETS.disconnect)
     const backendOf = (tag) => (runs.find((r) => r.tag === tag) || {}).backend
