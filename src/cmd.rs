@@ -237,9 +237,19 @@ fn wait_child(
 
 /// Poll `probe` until it yields a value or `bound` passes. The pause between probes starts at
 /// 0.2 ms and doubles up to 10 ms, so a fast condition is seen quickly and a slow one is cheap.
-pub fn wait_until<T>(bound: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn wait_until<T>(bound: Duration, probe: impl FnMut() -> Option<T>) -> Option<T> {
+    wait_until_every(bound, Duration::from_millis(10), probe)
+}
+
+/// `wait_until` with the longest pause between two probes set by the caller (for a cheap
+/// probe whose answer is awaited by a user, e.g. a handshake).
+pub fn wait_until_every<T>(
+    bound: Duration,
+    max_pause: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + bound;
-    let mut pause = Duration::from_micros(200);
+    let mut pause = Duration::from_micros(200).min(max_pause);
     loop {
         if let Some(v) = probe() {
             return Some(v);
@@ -249,7 +259,7 @@ pub fn wait_until<T>(bound: Duration, mut probe: impl FnMut() -> Option<T>) -> O
             return None;
         }
         std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(10));
+        pause = (pause * 2).min(max_pause);
     }
 }
 

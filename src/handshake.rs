@@ -27,6 +27,8 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(120);
 /// WireGuard's REJECT_AFTER_TIME: a session older than this carries no traffic, so a tunnel
 /// whose last handshake is older is not healthy.
 pub const REJECT_AFTER: Duration = Duration::from_secs(180);
+/// The longest pause between two reads of the device while waiting.
+const POLL_MAX: Duration = Duration::from_millis(1);
 /// The discard port: where the nudge datagram goes (nothing answers it, nothing needs to).
 const DISCARD_PORT: u16 = 9;
 
@@ -103,7 +105,8 @@ pub fn nudge_if_quiet(cfg: &TunnelConfig) {
 pub fn wait(tunnel: &dyn Tunnel, cfg: &TunnelConfig, bound: Duration) -> Result<Instant> {
     tunnel.initiate_handshake(cfg);
     let mut last = None;
-    let seen = cmd::wait_until(bound, || {
+    // A stats read costs ~20 µs: probe often, the caller is waiting for this.
+    let seen = cmd::wait_until_every(bound, POLL_MAX, || {
         let s = tunnel.stats().ok()?;
         let done = s.last_handshake_ms.is_some();
         last = Some(s);

@@ -157,7 +157,7 @@ async function main() {
     log(`bench: ${opt.runs} runs per tunnel kind (+1 warm-up each) with and without the watchdog, ${opt.calls} emergencyCleanupSync calls, ` +
       `${opt.killRuns} owner SIGKILLs, watchdog footprint over ${opt.idleMs} ms, ${opt.runs} module loads, ${opt.sdkRuns} SDK-emulation runs, ` +
       (opt.throughput ? `throughput: ${opt.tputRuns} iperf3 runs per backend of ${opt.tputSecs} s up + ${opt.tputSecs} s down` : 'no throughput'))
-    tb = await testbed.up({ nclients: 2, prefix, clientIfnames: [name] })
+    tb = await testbed.up({ nclients: 3, prefix, clientIfnames: [name] })
     tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'bw-bench-'))
     const originalResolv = fs.readFileSync(resolvConfPath(tb), 'utf8')
     log(`testbed ${tb.cliNs} ⇄ ${tb.nodeNs} up in ${Date.now() - T0} ms; tunnel name ${name}; TMPDIR ${tmp}`)
@@ -266,7 +266,10 @@ async function main() {
       ...plan,
       kill: { intervalMs: KILL_POLL_MS, boundMs: KILL_BOUND_MS },
     })
-    const N = start('nowd', true, { ...plan, sdk: null })
+    // N has a key of its own (the testbed's third): a node drops an initiation that comes
+    // within 20 ms of another from the same key, and W and N take turns back to back.
+    const nKey = (c) => ({ ...c, privateKey: tb.clients[2].privateKey, addresses: [tb.clients[2].address] })
+    const N = start('nowd', true, { ...plan, split: nKey(split), full: nKey(full), clientIp: tb.clients[2].address.split('/')[0], sdk: null })
     // Q: the wg-quick backend (watchdog on), for the per-backend comparison in the same run.
     // It uses the testbed's second client key: a node drops an initiation that comes too soon
     // after another of the same peer (wireguard-go's 20 ms flood guard, and its initiators'
@@ -496,6 +499,15 @@ async function main() {
       `watchdog cost on connect < ${TARGETS.watchdogConnectCost} ms (median with minus median without; the two children took turns), ` +
       `owner SIGKILL -> clean < ${TARGETS.ownerKillClean} ms in the worst run (clean = no interface, no fwmark/suppress rule, key dir empty, ` +
       `no record/DNS state, resolv.conf original; looked at every ${KILL_POLL_MS} ms from the kill, the time is the end of the first clean look)`)
+    for (const mode of ['split', 'full']) {
+      // Where connect's time goes: each step's median time since the step before it.
+      const per = {}
+      for (const r of runs.filter((x) => x.mode === mode && x.tag === 'wd')) {
+        ;(r.steps || []).forEach((st, k) => (per[st.step] ||= []).push(st.ms - (k ? r.steps[k - 1].ms : 0)))
+      }
+      const parts = Object.entries(per).map(([step, xs]) => `${step} ${fmt(stats(xs).median)}`)
+      if (parts.length) log(`${mode} connect by step (median time since the step before): ${parts.join(', ')}`)
+    }
     log(`watchdog cost, two more views: paired differences (same run, with minus without) median split ${fmt(costViews.pairedMedianMs.split)}, ` +
       `full ${fmt(costViews.pairedMedianMs.full)}; connect's step ending at 'owner-record' (watchdog spawn + READY, record) median ` +
       `${fmt(costViews.ownerRecordStepMedianMs.watchdog)} with, ${fmt(costViews.ownerRecordStepMedianMs.noWatchdog)} without`)
