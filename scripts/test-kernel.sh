@@ -4,8 +4,8 @@
 # in a VM with virtme-ng, over this machine's own file system, and run the tunnel tests
 # against the kernel backend there:
 #   __test__/kernel.test.js (auto takes kernel; no program run; status() counters; SIGKILL ->
-#   watchdog; sweep), then with BLUE_WG_BACKEND=kernel the tunnel, exit-path, compat (SDK)
-#   and DNS suites.
+#   watchdog; sweep), then with BLUE_WG_BACKEND=kernel the tunnel, exit-path, compat (SDK),
+#   DNS and health (handshake-verified connect, update in place, watch) suites.
 # Inside the VM, as on the host, every tunnel lives in the testbed's network namespaces,
 # never in the guest's root namespace.
 #
@@ -50,8 +50,9 @@ if [[ ${1:-} == --inside ]]; then
       set +e
       # The suites whose expectations hold on any backend and are not timing bounds tuned
       # for the host (chaos' and emergencyCleanupSync's 1 s / 2 ms bounds miss under TCG).
-      BLUE_WG_BACKEND=kernel node --test --test-concurrency=1 "$@" __test__/kernel.test.js \
-        __test__/tunnel.test.js __test__/exit.test.js __test__/compat.test.js __test__/dns.test.js
+      BLUE_WG_BACKEND=kernel BW_TIME_FACTOR=10 node --test --test-concurrency=1 "$@" __test__/kernel.test.js \
+        __test__/tunnel.test.js __test__/exit.test.js __test__/compat.test.js __test__/dns.test.js \
+        __test__/health.test.js
       rc=$?
       set -e
       ;;
