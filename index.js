@@ -44,13 +44,18 @@ function guardProgress(options) {
 const KEEPALIVE_BYTES = 32
 const NO_REPLY_MS = 15_000
 
-/** The health of one status() reading, given what was seen before (`seen`, updated). */
-function judge(st, seen, now, noReplyMs) {
+/** The health of one status() reading, given what was seen before (`seen`, updated). A
+ *  growth of tx up to `quietBytes` between two readings is keepalives, not data. */
+function judge(st, seen, now, noReplyMs, quietBytes) {
   if (!st.exists) return { state: 'gone', reason: 'the interface is gone' }
+  if (seen.index !== undefined && st.index !== seen.index) {
+    return { state: 'gone', reason: 'the interface was replaced by another of the same name' }
+  }
+  seen.index = st.index
   if (seen.rx !== st.rxBytes) {
     seen.rx = st.rxBytes
     seen.silentSince = null
-  } else if (seen.tx !== undefined && st.txBytes - seen.tx > KEEPALIVE_BYTES && seen.silentSince === null) {
+  } else if (seen.tx !== undefined && st.txBytes - seen.tx > quietBytes && seen.silentSince === null) {
     seen.silentSince = now
   }
   seen.tx = st.txBytes
@@ -70,9 +75,11 @@ function judge(st, seen, now, noReplyMs) {
  * stops being healthy (`event: 'unhealthy'`: no handshake within WireGuard's reject-after
  * time, the node not answering data for `noReplyMs`, the interface down) or is gone
  * (`'gone'`), and when it recovers (`'healthy'`); a tunnel that is not healthy when the watch
- * starts is reported at once. Polls `status(name)` every `intervalMs` (default 1000) on a
- * timer that does not keep the event loop alive. Returns the unsubscribe function. A
- * listener that throws is reported as a process warning (code WG_WATCH_LISTENER_THREW).
+ * starts is reported at once. After `gone` the watch ends (a new tunnel of that name needs a
+ * new watch). Polls `status(name)` every `intervalMs` (default 1000) on a timer that does not
+ * keep the event loop alive. Returns the unsubscribe function. A listener that throws (or
+ * returns a Promise that rejects) is reported as a process warning (code
+ * WG_WATCH_LISTENER_THREW). A bad name throws INVALID_OPTIONS at once.
  */
 function watch(name, listener, { intervalMs = 1000, noReplyMs = NO_REPLY_MS } = {}) {
   const bad = (field, want) => Object.assign(new TypeError(`invalid ${field}: must be ${want}`), { code: 'INVALID_OPTIONS', retryable: false })
@@ -80,29 +87,48 @@ function watch(name, listener, { intervalMs = 1000, noReplyMs = NO_REPLY_MS } = 
   if (typeof listener !== 'function') throw bad('listener', 'a function')
   if (!Number.isInteger(intervalMs) || intervalMs < 50) throw bad('options.intervalMs', 'a whole number of ms >= 50')
   if (!Number.isInteger(noReplyMs) || noReplyMs < 1000) throw bad('options.noReplyMs', 'a whole number of ms >= 1000')
-  const seen = { rx: undefined, tx: undefined, silentSince: null }
+  module.exports.status(name) // a bad name throws its INVALID_OPTIONS here, not never
+  const seen = { rx: undefined, tx: undefined, silentSince: null, index: undefined }
+  // Keepalives (32 bytes each, at most one a second) that may fall between two readings.
+  const quietBytes = KEEPALIVE_BYTES * Math.max(1, Math.ceil(intervalMs / 1000))
   let last = 'healthy' // what the caller believes after a successful connect
+  const warn = (e) => {
+    const why = e instanceof Error ? e.message : String(e)
+    process.emitWarning(`blue-wireguard: a watch listener of ${name} threw: ${why}`, { code: 'WG_WATCH_LISTENER_THREW' })
+  }
+  let timer = null
+  let first = null
+  const stop = () => {
+    if (timer) clearInterval(timer)
+    if (first) clearImmediate(first)
+    timer = first = null
+  }
   const poll = () => {
     let st
     try {
       st = module.exports.status(name)
     } catch {
-      return
+      return // a transient read failure: the next reading decides
     }
-    const { state, reason } = judge(st, seen, performance.now(), noReplyMs)
+    const { state, reason } = judge(st, seen, performance.now(), noReplyMs, quietBytes)
+    if (state === 'gone') stop()
     if (state === last) return
     last = state
     try {
-      listener({ event: state, reason, ...st })
+      const r = listener({ event: state, reason, ...st })
+      if (r && typeof r.then === 'function') r.then(undefined, warn)
     } catch (e) {
-      const why = e instanceof Error ? e.message : String(e)
-      process.emitWarning(`blue-wireguard: a watch listener of ${name} threw: ${why}`, { code: 'WG_WATCH_LISTENER_THREW' })
+      warn(e)
     }
   }
-  const timer = setInterval(poll, intervalMs)
+  timer = setInterval(poll, intervalMs)
   timer.unref()
-  setImmediate(poll).unref()
-  return () => clearInterval(timer)
+  first = setImmediate(() => {
+    first = null
+    poll()
+  })
+  first.unref()
+  return stop
 }
 
 // Assigned property by property (not a spread), so Node's ESM import of this CommonJS file

@@ -248,6 +248,27 @@ test('update: bad patches are refused before anything changes; a tunnel not up i
   await assertClean(tb, name, r.tmp, original)
 })
 
+test('update of a wg-quick tunnel is refused with WG_NOT_AVAILABLE and changes nothing', async (t) => {
+  const name = `${tb.prefix}g`
+  const r = await runSteps(t, [
+    { op: 'connect', config: tb.tunnelConfig(clientBase('wg-quick', 1), { name }), options: { backend: 'wg-quick' } },
+    { op: 'update', name, patch: { dns: [] } },
+    { op: 'status', name },
+    { op: 'fetch', url: `http://${tb.httpTunnelHost}/after-refusal` },
+    { op: 'disconnect', name },
+  ])
+  const c = r.one('connected')
+  assert.ok(c, JSON.stringify(r.events) + r.stderr)
+  const e = r.one('error')
+  assert.equal(e?.code, 'WG_NOT_AVAILABLE', JSON.stringify(e))
+  assert.equal(e.retryable, false)
+  const st = r.one('status').status
+  assert.equal(st.index, c.status.index, 'the tunnel was taken down or replaced')
+  assert.equal(r.one('fetch').ok, true)
+  assert.equal(r.one('disconnected').report.gone, true)
+  await assertClean(tb, name, r.tmp, original)
+})
+
 test('watch: reports a node that stops answering mid-session, its recovery, and the interface gone; it does not keep the process alive', async (t) => {
   const tmp = tmpdir(t)
   const name = `${tb.prefix}w`
@@ -281,6 +302,9 @@ test('watch: reports a node that stops answering mid-session, its recovery, and 
     ['add', 'table', 'inet', 'bwdrop'],
     ['add', 'chain', 'inet', 'bwdrop', 'in', '{ type filter hook input priority 0 ; }'],
     ['add', 'rule', 'inet', 'bwdrop', 'in', 'udp', 'dport', port, 'drop'],
+    // Both ways, as a node that stopped: its retransmissions must not reach us either.
+    ['add', 'chain', 'inet', 'bwdrop', 'out', '{ type filter hook output priority 0 ; }'],
+    ['add', 'rule', 'inet', 'bwdrop', 'out', 'udp', 'sport', port, 'drop'],
   ]) assert.equal((await nft(...cmd)).code, 0, cmd.join(' '))
   a.child.kill('SIGUSR2')
   await a.waitFor(() => a.events.filter((e) => e.event === 'paused').length === 2, 'second pause', 30_000 * W)

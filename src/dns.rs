@@ -288,6 +288,19 @@ pub fn restore(dir: &Path, netns: u64, name: &str, is_live: &dyn Fn(&str) -> boo
     restore_at(&At::new(dir, &resolv, netns), name, is_live)
 }
 
+/// `restore` for a tunnel whose interface stays (a live `update` to no DNS): a per-link
+/// method's settings are dropped from the link as well (`resolvectl revert`), since no link
+/// deletion will drop them.
+pub fn restore_live(dir: &Path, netns: u64, name: &str, is_live: &dyn Fn(&str) -> bool) -> bool {
+    let resolv = effective(&resolv_conf_path());
+    let at = At::new(dir, &resolv, netns);
+    if valid_name(name) && read_entry(at.dir, name).is_some_and(|e| e.method == DnsMethod::Resolved)
+    {
+        let _ = run_ok("resolvectl", &["revert".into(), name.into()], None);
+    }
+    restore_at(&at, name, is_live)
+}
+
 /// True when `name` has DNS state to undo (an entry in `dir`, or resolv.conf is our rewrite
 /// naming (netns, name)).
 pub fn pending(dir: &Path, netns: u64, name: &str) -> bool {

@@ -27,8 +27,9 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(120);
 /// WireGuard's REJECT_AFTER_TIME: a session older than this carries no traffic, so a tunnel
 /// whose last handshake is older is not healthy.
 pub const REJECT_AFTER: Duration = Duration::from_secs(180);
-/// The longest pause between two reads of the device while waiting.
-const POLL_MAX: Duration = Duration::from_millis(1);
+/// The longest pause between two reads of the device while waiting (a read is ~20 µs in
+/// process or over netlink, more over wireguard-go's socket).
+const POLL_MAX: Duration = Duration::from_millis(5);
 /// The discard port: where the nudge datagram goes (nothing answers it, nothing needs to).
 const DISCARD_PORT: u16 = 9;
 
@@ -62,6 +63,8 @@ pub fn probe_target(cfg: &TunnelConfig) -> Option<IpAddr> {
             let first = u128::from(net.prefix_len() < net.max_prefix_len());
             (first..first + 2).filter_map(move |n| nth_host(net, n))
         })
+        // Else the tunnel's DNS server (Sentinel's is the node's side, 10.8.0.1).
+        .chain(cfg.dns.iter().copied())
         .find(|ip| allowed(ip) && !ours(ip) && !ip.is_unspecified())
 }
 
@@ -108,13 +111,26 @@ pub fn wait(tunnel: &dyn Tunnel, cfg: &TunnelConfig, bound: Duration) -> Result<
     // A stats read costs ~20 µs: probe often, the caller is waiting for this.
     let seen = cmd::wait_until_every(bound, POLL_MAX, || {
         let s = tunnel.stats().ok()?;
-        let done = s.last_handshake_ms.is_some();
+        // A session younger than REJECT_AFTER carries traffic (a new device has none before
+        // its first handshake; a live one being reconnected in place may have one).
+        let done = s
+            .last_handshake_ms
+            .is_some_and(|ms| ms < REJECT_AFTER.as_secs_f64() * 1000.0);
         last = Some(s);
         done.then(Instant::now)
     });
     seen.ok_or_else(|| {
         let detail = match &last {
-            None => "the device could not be read".to_string(),
+            None => {
+                return WgError::setup(
+                    "handshake",
+                    format!(
+                        "the handshake state of {} could not be read, so the node's answer \
+                         cannot be verified; pass handshakeTimeoutMs: 0 to skip the check",
+                        cfg.name
+                    ),
+                )
+            }
             Some(s) if s.rx_bytes == 0 => {
                 format!("no reply at all; {} bytes sent", s.tx_bytes)
             }
@@ -172,7 +188,15 @@ mod tests {
             probe_target(&cfg(&["10.8.0.2/24"], &["198.18.0.0/24"])),
             ip("198.18.0.1")
         );
-        // Our subnet is not routed to the node and the only allowed network is a default.
-        assert_eq!(probe_target(&cfg(&["10.8.0.2/32"], &["0.0.0.0/0"])), None);
+        // Our subnet is not routed to the node and the only allowed network is a default:
+        // the tunnel's DNS server (a full tunnel's default, 10.8.0.1).
+        assert_eq!(
+            probe_target(&cfg(&["10.8.0.2/32"], &["0.0.0.0/0"])),
+            ip("10.8.0.1")
+        );
+        assert_eq!(
+            probe_target(&cfg(&["10.8.0.2/32"], &["198.18.0.0/31"])),
+            ip("198.18.0.1")
+        );
     }
 }

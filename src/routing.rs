@@ -318,6 +318,25 @@ pub fn reroute(
         if let Some(bad) = done.iter().find(|d| d.contains("NOT removed")) {
             return Err(bad.clone());
         }
+    } else if let Some(t) = new_table {
+        // The same table: a family it no longer routes (e.g. `::/0` dropped) loses its rules.
+        for fam in [Family::V4, Family::V6] {
+            if routed.families.contains(&fam) {
+                continue;
+            }
+            for rule in [suppress_rule(fam, t), not_fwmark_rule(fam, t)] {
+                match nl.request(RouteNetlinkMessage::DelRule(rule), 0) {
+                    Ok(()) => {}
+                    Err(e)
+                        if is_errno(&e, libc::ENOENT)
+                            || is_errno(&e, libc::EAFNOSUPPORT)
+                            || is_errno(&e, libc::ESRCH) => {}
+                    Err(e) => {
+                        return Err(ctx(&format!("rule del ({}) table {t}", fam.as_str()), e))
+                    }
+                }
+            }
+        }
     }
     for net in old {
         let Ok(t) = table_for(net, old_table) else {

@@ -158,8 +158,17 @@ pub fn connect(
     let handshake = opts
         .handshake_timeout
         .unwrap_or(crate::handshake::DEFAULT_TIMEOUT);
-    if let Some(mut info) = connect_in_place(&given, &cfg, be)? {
+    if let Some(mut info) = connect_in_place(&given, &cfg, be, owner)? {
         mark("update", &name, &mut steps);
+        // "Connected" still means the node answers: a session younger than REJECT_AFTER, or
+        // a new handshake within the bound.
+        if !handshake.is_zero() {
+            if let Some(t) = registry::get(&name).and_then(|a| a.tunnel) {
+                crate::handshake::wait(t.as_ref(), &cfg, handshake)?;
+                mark("handshake", &cfg.peer.endpoint.to_string(), &mut steps);
+                info.handshake_ms = steps.last().map(|(_, ms)| *ms);
+            }
+        }
         info.connect_ms = t0.elapsed().as_secs_f64() * 1000.0;
         info.steps = steps;
         return Ok(info);
@@ -548,10 +557,14 @@ fn connect_in_place(
     given: &RawConfig,
     cfg: &TunnelConfig,
     be: &dyn Backend,
+    owner: u64,
 ) -> Result<Option<TunnelInfo>> {
-    reconfigure(&cfg.name, |live, backend| {
+    reconfigure(&cfg.name, |live, active| {
         let old = &live.cfg;
-        let same = backend == be.name()
+        // Same backend and the same JavaScript environment (a worker's tunnel goes with the
+        // worker: another environment's connect replaces it instead).
+        let same = active.backend == be.name()
+            && active.owner == owner
             && be.routes_full_tunnel()
             && old.private_key == cfg.private_key
             && old.addresses == cfg.addresses
@@ -566,7 +579,7 @@ fn connect_in_place(
 /// validated); None from it (or no such live tunnel): nothing is done and None returned.
 fn reconfigure(
     name: &str,
-    next: impl FnOnce(&registry::Live, &str) -> Result<Option<(RawConfig, TunnelConfig)>>,
+    next: impl FnOnce(&registry::Live, &Active) -> Result<Option<(RawConfig, TunnelConfig)>>,
 ) -> Result<Option<TunnelInfo>> {
     let t0 = Instant::now();
     let _guard = registry::lock();
@@ -578,15 +591,34 @@ fn reconfigure(
         return Ok(None);
     };
     let be = backend::by_name(active.backend);
-    let Some((raw, mut new)) = next(&live, be.name())? else {
+    let Some((raw, mut new)) = next(&live, &active)? else {
         return Ok(None);
     };
+    // Only the native backends change a live tunnel; refused before anything is touched.
+    if !be.routes_full_tunnel() {
+        return Err(WgError::NotAvailable(format!(
+            "{name} runs on the {} backend, which cannot change a live tunnel: reconnect \
+             instead (the kernel and embedded backends can)",
+            be.name()
+        )));
+    }
     new.name = name.to_string();
-    new.peer.endpoint = new
-        .peer
-        .endpoint
-        .resolve(crate::config::RESOLVE_BOUND)?
-        .into();
+    // The endpoint as given is resolved again only when it changed (a host name of the old
+    // one may not resolve any more, e.g. while DNS goes through a dead node).
+    new.peer.endpoint = if raw.peer.as_ref().and_then(|p| p.endpoint.as_ref())
+        == live.raw.peer.as_ref().and_then(|p| p.endpoint.as_ref())
+    {
+        live.cfg.peer.endpoint.clone()
+    } else {
+        new.peer
+            .endpoint
+            .resolve(crate::config::RESOLVE_BOUND)?
+            .into()
+    };
+    // What DNS will need, before anything changes (as connect's preflight).
+    if new.dns != live.cfg.dns {
+        dns::preflight(&new.dns)?;
+    }
     let state = StateDir::existing()?.ok_or_else(not_up)?;
     let mut record = owner::read(&state, name).ok_or_else(|| {
         WgError::setup("update", format!("the ownership record of {name} is gone"))
@@ -616,9 +648,10 @@ fn reconfigure(
         if new.dns == live.cfg.dns {
             return Ok(live.dns_method);
         }
-        let is_live = |n: &str| registry::get(n).is_some();
         if new.dns.is_empty() {
-            dns::restore(&state.path, state.netns.inode, name, &is_live);
+            dns::restore_live(&state.path, state.netns.inode, name, &|n| {
+                n != name && registry::is_live(&state, n)
+            });
             return Ok(None);
         }
         dns::apply(&state.path, state.netns.inode, name, &new.dns).map(Some)
@@ -639,7 +672,9 @@ fn reconfigure(
     record.table = new_table;
     record.full_tunnel = new.full_tunnel();
     record.dns = new.dns.iter().map(IpAddr::to_string).collect();
-    owner::rewrite(&state, &record)?;
+    // The tunnel has changed: a record that cannot be narrowed now still names everything
+    // there is to reap (both tables, full), so this is not undone.
+    let _ = owner::rewrite(&state, &record);
     let next = registry::Live {
         raw,
         cfg: new,
@@ -676,8 +711,8 @@ fn undo_update(
     };
     let restored = tunnel.update(&back).and_then(|()| {
         if live.cfg.dns.is_empty() {
-            dns::restore(&state.path, state.netns.inode, name, &|n| {
-                registry::get(n).is_some()
+            dns::restore_live(&state.path, state.netns.inode, name, &|n| {
+                n != name && registry::is_live(state, n)
             });
             Ok(())
         } else {

@@ -208,6 +208,9 @@ impl Tunnel for EmbeddedTunnel {
     /// The peer changes in place (gotatun `modify_peer`: its session and keys stay), the
     /// socket's mark follows the full tunnel's table, then the routing moves.
     fn update(&self, change: &super::Change) -> Result<()> {
+        // Until the routing has moved, `stop` removes the rules of whichever table there is.
+        *self.table.lock().unwrap_or_else(|p| p.into_inner()) =
+            change.new_table.or(change.old_table);
         let (_, allowed) = change.allowed();
         let endpoint = change
             .new
@@ -245,6 +248,7 @@ impl Tunnel for EmbeddedTunnel {
             }
         }
         super::reroute(self.index, change)?;
+        // Both tables' rules are now where they should be: the handle keeps the new one.
         *self.table.lock().unwrap_or_else(|p| p.into_inner()) = change.new_table;
         if change.new_table.is_none() && change.old_table.is_some() {
             // Split again: the device's packets need no mark (best effort; a stale mark only

@@ -452,6 +452,9 @@ impl Tunnel for KernelTunnel {
     /// `WG_CMD_SET_DEVICE` with the peer's new allowed IPs, endpoint and keepalive and the
     /// new fwmark, and no key or port (the socket and the session stay), then the routing.
     fn update(&self, change: &super::Change) -> Result<()> {
+        // Until the routing has moved, `stop` removes the rules of whichever table there is.
+        *self.table.lock().unwrap_or_else(|p| p.into_inner()) =
+            change.new_table.or(change.old_table);
         let (_, allowed) = change.allowed();
         let spec = PeerSpec {
             public_key: self.peer,
@@ -471,6 +474,7 @@ impl Tunnel for KernelTunnel {
             })
             .map_err(|e| WgError::setup("device", format!("WG_CMD_SET_DEVICE: {e}")))?;
         super::reroute(self.index, change)?;
+        // Both tables' rules are now where they should be: the handle keeps the new one.
         *self.table.lock().unwrap_or_else(|p| p.into_inner()) = change.new_table;
         Ok(())
     }

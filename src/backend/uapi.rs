@@ -53,9 +53,11 @@ pub fn parse_peer(answer: &str, key: &[u8; 32], now: SystemTime) -> Option<Stats
     }
     let mut s = found?;
     if secs != 0 || nsecs != 0 {
-        let at = UNIX_EPOCH + Duration::new(secs, nsecs);
-        s.last_handshake_ms =
-            Some(now.duration_since(at).unwrap_or_default().as_secs_f64() * 1000.0);
+        // A time past what SystemTime holds is nonsense: no handshake is reported.
+        if let Some(at) = UNIX_EPOCH.checked_add(Duration::new(secs, nsecs)) {
+            let age = now.duration_since(at).unwrap_or_default();
+            s.last_handshake_ms = Some(age.as_secs_f64() * 1000.0);
+        }
     }
     Some(s)
 }
@@ -76,8 +78,17 @@ pub fn stats(name: &str, key: &[u8; 32]) -> Result<Stats> {
     // The answer ends with an empty line after `errno=N`; the daemon then closes or waits.
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
+    // One bound for the whole answer, not per read (a daemon that drips bytes gets cut off).
+    let deadline = std::time::Instant::now() + BOUND;
     let mut r = s.take(MAX_ANSWER);
     loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(fail(format!("no complete answer within {BOUND:?}")));
+        }
+        r.get_ref()
+            .set_read_timeout(Some(left))
+            .map_err(|e| fail(e.to_string()))?;
         let n = r.read(&mut buf).map_err(|e| fail(e.to_string()))?;
         answer.extend_from_slice(&buf[..n]);
         if n == 0 || answer.ends_with(b"\n\n") {
