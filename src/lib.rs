@@ -12,6 +12,7 @@ pub mod error;
 pub mod handshake;
 pub mod netdev;
 pub mod netlink;
+pub mod nft;
 pub mod owner;
 pub mod registry;
 pub mod routing;

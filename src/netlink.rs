@@ -23,7 +23,7 @@ use netlink_sys::{
 };
 
 /// How long the kernel may take to answer one request (it answers in microseconds).
-const ANSWER_BOUND: Duration = Duration::from_secs(5);
+pub const ANSWER_BOUND: Duration = Duration::from_secs(5);
 const RECV_BUF: usize = 64 * 1024;
 
 /// An open netlink socket.
@@ -53,6 +53,16 @@ fn set_recv_timeout(sock: &Socket, bound: Duration) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// A netlink socket of `protocol` (close-on-exec), bound, connected to the kernel, whose
+/// `recv` waits at most `ANSWER_BOUND`. Also `nft`'s (`NETLINK_NETFILTER`).
+pub fn open_socket(protocol: isize) -> io::Result<Socket> {
+    let mut sock = Socket::new(protocol)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    set_recv_timeout(&sock, ANSWER_BOUND)?;
+    Ok(sock)
 }
 
 /// The bytes of one request.
@@ -88,11 +98,10 @@ impl Netlink {
     }
 
     fn open_protocol(protocol: isize) -> io::Result<Netlink> {
-        let mut sock = Socket::new(protocol)?;
-        sock.bind_auto()?;
-        sock.connect(&SocketAddr::new(0, 0))?;
-        set_recv_timeout(&sock, ANSWER_BOUND)?;
-        Ok(Netlink { sock, seq: 0 })
+        Ok(Netlink {
+            sock: open_socket(protocol)?,
+            seq: 0,
+        })
     }
 
     fn send<M: NetlinkSerializable>(&mut self, msg: M, flags: u16) -> io::Result<u32> {
