@@ -250,6 +250,28 @@ export interface TunnelConfig {
   dns?: Array<string>
   /** Interface name, default `wgsent0`. */
   name?: string
+  /**
+   * While the tunnel exists, the host sends nothing outside it: only through the tunnel
+   * interface, the tunnel's own flow to the node's endpoint, loopback, `exclude`d
+   * destinations and (with `allowLan`) private and link-local ones; DNS (port 53) only
+   * through the tunnel; also against sockets bound to another interface and deleted
+   * policy rules. An nftables table of this process (`inet blue-wg-<name>`), gone with the
+   * tunnel and, by the kernel, the moment this process dies. Default false. One per network
+   * namespace. Kernel and embedded backends.
+   */
+  killSwitch?: boolean
+  /**
+   * With `killSwitch`: let private (RFC 1918), link-local and local multicast destinations
+   * out (a LAN database, a cloud metadata service, DHCP renewal). Default false.
+   */
+  allowLan?: boolean
+  /**
+   * CIDRs (a bare IP is a host) and host names (resolved at connect, in-process, at most
+   * 3 s) that go around a full tunnel by the host's own route, and through the kill switch:
+   * e.g. the agent's chain RPC, so it can still end or switch its session when the node
+   * dies. Kernel and embedded backends.
+   */
+  exclude?: Array<string>
 }
 
 /** What `connect` brought up. */
@@ -280,6 +302,10 @@ export interface TunnelInfo {
    * hooks (SIGKILL, OOM); absent with `BLUE_WG_NO_WATCHDOG=1`.
    */
   watchdogPid?: number
+  /** The kill switch is on. */
+  killSwitch: boolean
+  /** The destinations that go around the tunnel (host names resolved), as CIDRs. */
+  exclude: Array<string>
   connectMs: number
   /**
    * From the call to the first completed handshake with the node; absent when
@@ -302,6 +328,8 @@ export interface TunnelPatch {
   persistentKeepalive?: number
   /** `IPv4:port`, `[IPv6]:port` or `hostname:port` (resolved, bounded, before any change). */
   endpoint?: string
+  /** As `TunnelConfig.exclude` (routes around a full tunnel and the kill switch follow). */
+  exclude?: Array<string>
 }
 
 /** What the kernel says of a tunnel interface now. */

@@ -19,7 +19,7 @@ pub const FULL_TUNNEL: [&str; 2] = ["0.0.0.0/0", "::/0"];
 /// Upper bound of any single text value; a key is 44 characters, a hostname at most 253.
 const MAX_TEXT: usize = 512;
 /// Upper bound of any list (addresses, AllowedIPs, DNS servers).
-const MAX_LIST: usize = 64;
+pub const MAX_LIST: usize = 64;
 
 /// A 32-byte WireGuard key. The bytes are zeroed when it is dropped.
 #[derive(Clone, PartialEq, Eq)]
@@ -62,6 +62,9 @@ pub struct RawConfig {
     pub mtu: Option<f64>,
     pub dns: Option<Vec<String>>,
     pub name: Option<String>,
+    pub kill_switch: Option<bool>,
+    pub allow_lan: Option<bool>,
+    pub exclude: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -136,6 +139,14 @@ fn opt_num(field: &str, v: &Input) -> Result<Option<f64>> {
     }
 }
 
+fn opt_bool(field: &str, v: &Input) -> Result<Option<bool>> {
+    match v {
+        Input::Missing => Ok(None),
+        Input::Bool(b) => Ok(Some(*b)),
+        other => Err(wrong(field, "a boolean", other)),
+    }
+}
+
 fn opt_str_list(field: &str, v: &Input) -> Result<Option<Vec<String>>> {
     match v {
         Input::Missing => Ok(None),
@@ -179,7 +190,17 @@ impl RawConfig {
         only_keys(
             "",
             v,
-            &["privateKey", "addresses", "peer", "mtu", "dns", "name"],
+            &[
+                "privateKey",
+                "addresses",
+                "peer",
+                "mtu",
+                "dns",
+                "name",
+                "killSwitch",
+                "allowLan",
+                "exclude",
+            ],
         )?;
         let private_key = match v.field("privateKey") {
             Input::Missing => None,
@@ -227,6 +248,9 @@ impl RawConfig {
             mtu: opt_num("mtu", v.field("mtu"))?,
             dns: opt_str_list("dns", v.field("dns"))?,
             name: opt_str("name", v.field("name"))?,
+            kill_switch: opt_bool("killSwitch", v.field("killSwitch"))?,
+            allow_lan: opt_bool("allowLan", v.field("allowLan"))?,
+            exclude: opt_str_list("exclude", v.field("exclude"))?,
         })
     }
 }
@@ -239,6 +263,7 @@ pub struct Patch {
     pub dns: Option<Vec<String>>,
     pub persistent_keepalive: Option<f64>,
     pub endpoint: Option<String>,
+    pub exclude: Option<Vec<String>>,
 }
 
 impl Patch {
@@ -251,14 +276,20 @@ impl Patch {
         only_keys(
             "patch",
             v,
-            &["allowedIps", "dns", "persistentKeepalive", "endpoint"],
+            &[
+                "allowedIps",
+                "dns",
+                "persistentKeepalive",
+                "endpoint",
+                "exclude",
+            ],
         )
         .map_err(|e| match e {
             WgError::InvalidOptions { field, reason } => WgError::InvalidOptions {
                 field,
                 reason: format!(
-                    "{reason} (a live tunnel can change allowedIps, dns, persistentKeepalive \
-                     and endpoint; anything else needs a new connect)"
+                    "{reason} (a live tunnel can change allowedIps, dns, persistentKeepalive, \
+                     endpoint and exclude; anything else needs a new connect)"
                 ),
             },
             other => other,
@@ -271,6 +302,7 @@ impl Patch {
                 v.field("persistentKeepalive"),
             )?,
             endpoint: opt_str("patch.endpoint", v.field("endpoint"))?,
+            exclude: opt_str_list("patch.exclude", v.field("exclude"))?,
         })
     }
 
@@ -290,6 +322,9 @@ impl Patch {
         }
         if let Some(v) = &self.dns {
             out.dns = Some(v.clone());
+        }
+        if let Some(v) = &self.exclude {
+            out.exclude = Some(v.clone());
         }
         out
     }
@@ -466,9 +501,17 @@ impl Endpoint {
     /// thread of its own so that a resolver that hangs costs at most `bound` (the thread is
     /// left to finish on its own). The first address the resolver gives is used.
     pub fn resolve(&self, bound: std::time::Duration) -> Result<std::net::SocketAddr> {
-        use std::net::ToSocketAddrs;
         if let Some(a) = self.literal() {
             return Ok(a);
+        }
+        Ok(self.resolve_all(bound)?[0])
+    }
+
+    /// Every address the host name resolves to (at least one), within `bound`.
+    pub fn resolve_all(&self, bound: std::time::Duration) -> Result<Vec<std::net::SocketAddr>> {
+        use std::net::ToSocketAddrs;
+        if let Some(a) = self.literal() {
+            return Ok(vec![a]);
         }
         let unresolved = |detail: String| WgError::EndpointUnresolved {
             host: self.host.clone(),
@@ -481,13 +524,13 @@ impl Endpoint {
             .spawn(move || {
                 let r = (host.as_str(), port)
                     .to_socket_addrs()
-                    .map(|mut a| a.next());
+                    .map(|a| a.collect::<Vec<_>>());
                 let _ = tx.send(r);
             })
             .map_err(|e| unresolved(format!("cannot start the resolver: {e}")))?;
         match rx.recv_timeout(bound) {
-            Ok(Ok(Some(a))) => Ok(a),
-            Ok(Ok(None)) => Err(unresolved("it has no address".into())),
+            Ok(Ok(a)) if !a.is_empty() => Ok(a),
+            Ok(Ok(_)) => Err(unresolved("it has no address".into())),
             Ok(Err(e)) => Err(unresolved(e.to_string())),
             Err(_) => Err(unresolved(format!(
                 "no answer within {} ms",
@@ -533,6 +576,15 @@ pub struct TunnelConfig {
     pub mtu: u16,
     pub dns: Vec<IpAddr>,
     pub name: String,
+    /// While the tunnel exists, nothing leaves the host outside it (`nft`).
+    pub kill_switch: bool,
+    /// With the kill switch: private and link-local destinations may still be reached.
+    pub allow_lan: bool,
+    /// Destinations that go around a full tunnel (and through the kill switch): the CIDRs
+    /// given, plus the addresses of `exclude_hosts` once resolved.
+    pub exclude: Vec<IpNet>,
+    /// Host names in `exclude`, resolved (bounded) at connect and at each update.
+    pub exclude_hosts: Vec<String>,
 }
 
 impl TunnelConfig {
@@ -603,7 +655,12 @@ impl TunnelConfig {
             None if full => DEFAULT_DNS.iter().map(|s| s.parse().unwrap()).collect(),
             None => Vec::new(),
         };
+        let (exclude, exclude_hosts) = parse_exclude(raw.exclude.unwrap_or_default())?;
         Ok(TunnelConfig {
+            kill_switch: raw.kill_switch.unwrap_or(false),
+            allow_lan: raw.allow_lan.unwrap_or(false),
+            exclude,
+            exclude_hosts,
             private_key,
             addresses,
             peer: Peer {
@@ -740,6 +797,51 @@ fn parse_cidr_list(field: &str, list: Vec<String>) -> Result<Vec<IpNet>> {
         .enumerate()
         .map(|(i, v)| parse_cidr(&format!("{field}[{i}]"), v))
         .collect()
+}
+
+/// `exclude`: CIDRs (a bare IP is a host) and host names; a default route (/0) would exclude
+/// everything and is refused.
+fn parse_exclude(list: Vec<String>) -> Result<(Vec<IpNet>, Vec<String>)> {
+    if !list.is_empty() {
+        check_list("exclude", list.len())?;
+    }
+    let (mut nets, mut hosts) = (Vec::new(), Vec::new());
+    for (i, v) in list.iter().enumerate() {
+        let field = format!("exclude[{i}]");
+        let looks_ip = v.contains(':')
+            || v.contains('/')
+            || v.parse::<IpAddr>().is_ok()
+            || v.chars().all(|c| c.is_ascii_digit() || c == '.');
+        if looks_ip {
+            let net = parse_cidr(&field, v)?.trunc();
+            if net.prefix_len() == 0 {
+                return Err(WgError::invalid(
+                    field,
+                    "a default route cannot be excluded",
+                ));
+            }
+            nets.push(net);
+        } else {
+            validate_hostname(v).map_err(|why| WgError::invalid(&field, why))?;
+            hosts.push(v.to_ascii_lowercase());
+        }
+    }
+    Ok((nets, hosts))
+}
+
+/// Resolve `exclude`'s host names (each within `bound`): every address each has, as a host.
+pub fn resolve_excluded(hosts: &[String], bound: std::time::Duration) -> Result<Vec<IpNet>> {
+    let mut out = Vec::new();
+    for h in hosts {
+        let ep = Endpoint {
+            host: h.clone(),
+            port: 0,
+        };
+        for a in ep.resolve_all(bound)? {
+            out.push(IpNet::from(a.ip()));
+        }
+    }
+    Ok(out)
 }
 
 fn parse_ip_list(field: &str, list: Vec<String>) -> Result<Vec<IpAddr>> {

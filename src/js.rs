@@ -194,6 +194,22 @@ pub struct TunnelConfig {
     pub dns: Option<Vec<String>>,
     /// Interface name, default `wgsent0`.
     pub name: Option<String>,
+    /// While the tunnel exists, the host sends nothing outside it: only through the tunnel
+    /// interface, the tunnel's own flow to the node's endpoint, loopback, `exclude`d
+    /// destinations and (with `allowLan`) private and link-local ones; DNS (port 53) only
+    /// through the tunnel; also against sockets bound to another interface and deleted
+    /// policy rules. An nftables table of this process (`inet blue-wg-<name>`), gone with the
+    /// tunnel and, by the kernel, the moment this process dies. Default false. One per network
+    /// namespace. Kernel and embedded backends.
+    pub kill_switch: Option<bool>,
+    /// With `killSwitch`: let private (RFC 1918), link-local and local multicast destinations
+    /// out (a LAN database, a cloud metadata service, DHCP renewal). Default false.
+    pub allow_lan: Option<bool>,
+    /// CIDRs (a bare IP is a host) and host names (resolved at connect, in-process, at most
+    /// 3 s) that go around a full tunnel by the host's own route, and through the kill switch:
+    /// e.g. the agent's chain RPC, so it can still end or switch its session when the node
+    /// dies. Kernel and embedded backends.
+    pub exclude: Option<Vec<String>>,
 }
 
 /// The node's side of the tunnel.
@@ -246,6 +262,10 @@ pub struct TunnelInfo {
     /// Pid of the watchdog that removes the tunnel if this process dies without its exit
     /// hooks (SIGKILL, OOM); absent with `BLUE_WG_NO_WATCHDOG=1`.
     pub watchdog_pid: Option<u32>,
+    /// The kill switch is on.
+    pub kill_switch: bool,
+    /// The destinations that go around the tunnel (host names resolved), as CIDRs.
+    pub exclude: Vec<String>,
     pub connect_ms: f64,
     /// From the call to the first completed handshake with the node; absent when
     /// `handshakeTimeoutMs: 0` turned the wait off.
@@ -436,6 +456,8 @@ fn resolve_info(
             ipv6: i.ipv6,
             replaced_stale: i.replaced_stale,
             watchdog_pid: i.watchdog_pid,
+            kill_switch: i.kill_switch,
+            exclude: i.exclude,
             connect_ms: i.connect_ms,
             handshake_ms: i.handshake_ms,
             steps: i
@@ -683,6 +705,8 @@ pub struct TunnelPatch {
     pub persistent_keepalive: Option<u32>,
     /// `IPv4:port`, `[IPv6]:port` or `hostname:port` (resolved, bounded, before any change).
     pub endpoint: Option<String>,
+    /// As `TunnelConfig.exclude` (routes around a full tunnel and the kill switch follow).
+    pub exclude: Option<Vec<String>>,
 }
 
 /// Remove interface `name` in three escalating steps (`wg-quick down <confPath>`,

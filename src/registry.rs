@@ -44,6 +44,15 @@ pub struct Active {
     pub ns_claim: Option<Arc<crate::state::NsClaim>>,
     /// The config the tunnel runs with now (set once it is up; replaced by `update`).
     pub live: Option<Arc<Live>>,
+    /// Its kill switch (an nftables table owned by a socket of this process).
+    pub kill_switch: Option<Arc<crate::nft::KillSwitch>>,
+}
+
+/// Record the kill switch of the live tunnel `name`.
+pub fn set_kill_switch(name: &str, ks: crate::nft::KillSwitch) {
+    if let Some(a) = lock_mutex(&ACTIVE).iter_mut().find(|a| a.name == name) {
+        a.kill_switch = Some(Arc::new(ks));
+    }
 }
 
 /// What a live tunnel runs with, for `update`: the caller's config as given (a patch applies
@@ -270,6 +279,7 @@ fn cleanup_locked_as(
         .or_else(|| record.as_ref().map(|r| r.backend.clone()))
         .unwrap_or_default();
     let handle = active.as_ref().and_then(|a| a.tunnel.clone());
+    let kill_switch = active.as_ref().and_then(|a| a.kill_switch.clone());
     let watchdog = active.and_then(|a| a.watchdog);
     let delegate = watchdog.clone().map(|w| w as Arc<dyn cmd::Delegate>);
     let others_live = |other: &str| other != name && is_live(dir, other);
@@ -285,6 +295,30 @@ fn cleanup_locked_as(
                 backend::by_name(&backend_name).reap(&rec)
             }
         };
+        // The kill switch goes once the tunnel is gone (nothing leaks while it goes down): our
+        // own table through its socket, a dead owner's by its name (its socket closed with
+        // it, so the kernel has normally removed it already).
+        if r.gone {
+            let t = std::time::Instant::now();
+            let done = match &kill_switch {
+                Some(k) => k.remove().map(|()| true),
+                // Best effort: most tunnels never had one (and a process without
+                // CAP_NET_ADMIN cannot even look).
+                None => Ok(crate::nft::remove_leftover(name).unwrap_or(false)),
+            };
+            match done {
+                Ok(false) => {}
+                Ok(true) => r.steps.push(crate::backend::embedded::step(
+                    "kill switch",
+                    true,
+                    format!("removed table {}", crate::nft::table_name(name)),
+                    t,
+                )),
+                Err(e) => r
+                    .steps
+                    .push(crate::backend::embedded::step("kill switch", false, e, t)),
+            }
+        }
         if r.gone && full_tunnel && backend::by_name(&backend_name).writes_config() {
             let own_live = |n: &str| get(n).is_some();
             if let Some(step) =

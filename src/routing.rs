@@ -52,6 +52,9 @@ pub const TABLE_BASE: u32 = 51820;
 pub const TABLE_SPAN: u32 = 256;
 /// Priority of the first full tunnel's `suppress_prefixlength 0` rule.
 pub const PRIORITY_BASE: u32 = 32000;
+/// Priority of the first full tunnel's exclusion rules (`to <net> lookup main`), before any
+/// tunnel's own rules: an excluded destination takes the host's own route.
+pub const EXCLUDE_BASE: u32 = 31000;
 const RT_TABLE_MAIN: u32 = 254;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +167,47 @@ pub fn not_fwmark_rule(family: Family, table: u32) -> RuleMessage {
     m.header.flags = RuleFlags::Invert;
     m.attributes.push(RuleAttribute::FwMark(table));
     m
+}
+
+/// The priority of the exclusion rules of the full tunnel on `table`.
+pub fn exclude_priority(table: u32) -> u32 {
+    EXCLUDE_BASE + table.saturating_sub(TABLE_BASE).min(TABLE_SPAN)
+}
+
+/// `ip rule add to <net> table main priority <exclude_priority(table)>`.
+pub fn exclude_rule(net: &IpNet, table: u32) -> RuleMessage {
+    let fam = Family::of(&net.addr());
+    let mut m = rule_base(fam, exclude_priority(table), RT_TABLE_MAIN);
+    m.header.dst_len = net.prefix_len();
+    m.attributes.push(RuleAttribute::Destination(net.network()));
+    m
+}
+
+/// Add the exclusion rules of the full tunnel on `table` (a family this host does not have
+/// is skipped). Existing ones are kept.
+pub fn add_exclusions(table: u32, nets: &[IpNet], ipv6: bool) -> Result<(), String> {
+    let mut nl = Netlink::open().map_err(|e| ctx("netlink socket", e))?;
+    for net in nets.iter().filter(|n| ipv6 || n.addr().is_ipv4()) {
+        create(
+            &mut nl,
+            RouteNetlinkMessage::NewRule(exclude_rule(net, table)),
+        )
+        .map_err(|e| ctx(&format!("rule add to {net} lookup main"), e))?;
+    }
+    Ok(())
+}
+
+/// Remove the exclusion rules of `table` for `nets`, by exact match.
+pub fn remove_exclusions(table: u32, nets: &[IpNet]) -> Result<(), String> {
+    let mut nl = Netlink::open().map_err(|e| ctx("netlink socket", e))?;
+    for net in nets {
+        match nl.request(RouteNetlinkMessage::DelRule(exclude_rule(net, table)), 0) {
+            Ok(()) => {}
+            Err(e) if is_errno(&e, libc::ENOENT) || is_errno(&e, libc::EAFNOSUPPORT) => {}
+            Err(e) => return Err(ctx(&format!("rule del to {net} lookup main"), e)),
+        }
+    }
+    Ok(())
 }
 
 /// `ip rule add table main suppress_prefixlength 0 priority <p>`.
@@ -374,6 +418,24 @@ pub fn remove_full_tunnel_rules(table: u32) -> Vec<String> {
         Ok(n) => n,
         Err(e) => return vec![ctx("netlink socket", e)],
     };
+    // Its exclusions, whatever their destinations (a dead owner's record does not list
+    // them): the rules of their priority that look up main, one per request.
+    for fam in [Family::V4, Family::V6] {
+        let mut n = 0;
+        for _ in 0..(4 * crate::config::MAX_LIST) {
+            let rule = rule_base(fam, exclude_priority(table), RT_TABLE_MAIN);
+            match nl.request(RouteNetlinkMessage::DelRule(rule), 0) {
+                Ok(()) => n += 1,
+                Err(_) => break,
+            }
+        }
+        if n > 0 {
+            out.push(format!(
+                "{} {n} exclusion rule(s) of table {table}",
+                fam.as_str()
+            ));
+        }
+    }
     for fam in [Family::V4, Family::V6] {
         for (what, rule) in [
             ("suppress_prefixlength 0", suppress_rule(fam, table)),

@@ -50,6 +50,8 @@ pub struct TunnelInfo {
     pub ipv6: bool,
     pub replaced_stale: bool,
     pub watchdog_pid: Option<u32>,
+    pub kill_switch: bool,
+    pub exclude: Vec<String>,
     pub connect_ms: f64,
     /// From the call to the first completed handshake (None when not waited for).
     pub handshake_ms: Option<f64>,
@@ -158,6 +160,22 @@ pub fn connect(
     let handshake = opts
         .handshake_timeout
         .unwrap_or(crate::handshake::DEFAULT_TIMEOUT);
+    if (cfg.kill_switch || !cfg.exclude.is_empty() || !cfg.exclude_hosts.is_empty())
+        && !be.routes_full_tunnel()
+    {
+        return Err(WgError::invalid(
+            if cfg.kill_switch {
+                "killSwitch"
+            } else {
+                "exclude"
+            },
+            format!(
+                "needs the kernel or embedded backend (this connect uses {})",
+                be.name()
+            ),
+        ));
+    }
+    resolve_exclusions(&mut cfg, &mut |d| mark("resolve", d, &mut steps))?;
     if let Some(mut info) = connect_in_place(&given, &cfg, be, owner)? {
         mark("update", &name, &mut steps);
         // "Connected" still means the node answers: a session younger than REJECT_AFTER, or
@@ -197,6 +215,9 @@ pub fn connect(
     // other namespaces never see it. The native backends write no key file at all.
     let conf: PathBuf = state.file(&format!("{name}.conf"));
     mark("state-dir", &state.path.to_string_lossy(), &mut steps);
+    if cfg.kill_switch {
+        refuse_second_kill_switch(&state, &name)?;
+    }
     // Whoever owned the name before (nobody, a dead owner, a forged record): an interface of
     // that name that is not WireGuard is never replaced. The embedded tun of an owner that
     // is still exiting (a plain tun, which its backend's reap never deletes, only waits for)
@@ -319,6 +340,7 @@ pub fn connect(
         tunnel: None,
         ns_claim: ns_claim.map(Arc::new),
         live: None,
+        kill_switch: None,
     });
     let mut cfg = cfg;
     cfg.name = name.clone();
@@ -397,10 +419,95 @@ fn describe(be: &dyn Backend, live: &registry::Live, key_file: &std::path::Path)
         dns_method: live.dns_method.map(|m| m.as_str().to_string()),
         ipv6: live.ipv6,
         replaced_stale: false,
+        kill_switch: cfg.kill_switch,
+        exclude: fmt(&cfg.exclude),
         connect_ms: 0.0,
         handshake_ms: None,
         steps: Vec::new(),
     }
+}
+
+/// Move a full tunnel's exclusion rules from `old` (on `old_table`) to `new` (on
+/// `new_table`): new ones first. Rules of a table that goes are removed with its other rules.
+fn exclusions(
+    old: &[ipnet::IpNet],
+    old_table: Option<u32>,
+    new: &[ipnet::IpNet],
+    new_table: Option<u32>,
+    ipv6: bool,
+) -> Result<()> {
+    let fail = |e| WgError::setup("exclude", e);
+    if let Some(t) = new_table {
+        crate::routing::add_exclusions(t, new, ipv6).map_err(fail)?;
+    }
+    if let Some(t) = old_table.filter(|t| Some(*t) == new_table) {
+        let gone: Vec<ipnet::IpNet> = old.iter().filter(|n| !new.contains(n)).copied().collect();
+        crate::routing::remove_exclusions(t, &gone).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// Resolve `exclude`'s host names (bounded) into `cfg.exclude`; `progress` hears of it.
+fn resolve_exclusions(cfg: &mut TunnelConfig, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    if cfg.exclude_hosts.is_empty() {
+        return Ok(());
+    }
+    let found = crate::config::resolve_excluded(&cfg.exclude_hosts, crate::config::RESOLVE_BOUND)?;
+    progress(&format!(
+        "exclude {} -> {}",
+        cfg.exclude_hosts.join(", "),
+        found
+            .iter()
+            .map(|n| n.addr().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    for n in found {
+        if !cfg.exclude.contains(&n) {
+            cfg.exclude.push(n);
+        }
+    }
+    Ok(())
+}
+
+/// What the kill switch of `cfg` lets out (its endpoint is resolved by now).
+fn kill_switch_spec(
+    cfg: &TunnelConfig,
+    table: Option<u32>,
+    ipv6: bool,
+) -> crate::nft::KillSwitchSpec {
+    crate::nft::KillSwitchSpec {
+        tunnel_if: cfg.name.clone(),
+        endpoint: cfg
+            .peer
+            .endpoint
+            .literal()
+            .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], cfg.peer.endpoint.port))),
+        fwmark: table,
+        exclude: cfg.exclude.clone(),
+        allow_lan: cfg.allow_lan,
+        tunnel_has_ipv6: ipv6 && cfg.addresses.iter().any(|a| a.addr().is_ipv6()),
+    }
+}
+
+/// One kill switch per network namespace: every table must accept a packet for it to leave,
+/// and another tunnel's table knows nothing of this tunnel, so two would block each other.
+fn refuse_second_kill_switch(state: &StateDir, name: &str) -> Result<()> {
+    for other in owner::names(state).into_iter().filter(|n| n != name) {
+        if crate::nft::table_exists(&crate::nft::table_name(&other)).unwrap_or(false)
+            && registry::is_live(state, &other)
+        {
+            return Err(WgError::invalid(
+                "killSwitch",
+                format!(
+                    "tunnel {other} already has a kill switch in this network namespace, and \
+                     two would block each other: disconnect it first, or connect this one \
+                     without killSwitch"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The highest N that `name: 'auto'` tries for `wgsentN`.
@@ -516,6 +623,21 @@ fn bring_up(
         )
     })?;
     (ctx.progress)("kernel-ready", &cfg.name);
+    if let Some(t) = ctx.table.filter(|_| !cfg.exclude.is_empty()) {
+        crate::routing::add_exclusions(t, &cfg.exclude, ctx.ipv6)
+            .map_err(|e| WgError::setup("exclude", e))?;
+        (ctx.progress)(
+            "exclude",
+            &format!("{} destination(s) around the tunnel", cfg.exclude.len()),
+        );
+    }
+    if cfg.kill_switch {
+        let ks = crate::nft::KillSwitch::install(&kill_switch_spec(cfg, ctx.table, ctx.ipv6))
+            .map_err(|e| WgError::setup("kill-switch", e))?;
+        let detail = format!("table inet {}", ks.table());
+        registry::set_kill_switch(&cfg.name, ks);
+        (ctx.progress)("kill-switch", &detail);
+    }
     // Before DNS: a node that does not answer costs the host nothing but this wait.
     if !handshake.is_zero() {
         let t = std::time::Instant::now();
@@ -615,6 +737,12 @@ fn reconfigure(
             .resolve(crate::config::RESOLVE_BOUND)?
             .into()
     };
+    // Excluded host names are resolved again only when `exclude` changed.
+    if raw.exclude == live.raw.exclude {
+        new.exclude = live.cfg.exclude.clone();
+    } else {
+        resolve_exclusions(&mut new, &mut |_| {})?;
+    }
     // What DNS will need, before anything changes (as connect's preflight).
     if new.dns != live.cfg.dns {
         dns::preflight(&new.dns)?;
@@ -644,7 +772,29 @@ fn reconfigure(
         old_table: live.table,
         new_table,
     };
-    let applied = tunnel.update(&change).and_then(|()| {
+    let kill_switch = active.kill_switch.clone();
+    let applied = (|| {
+        // The kill switch lets the node's flow out unmarked while the mark changes.
+        if let Some(k) = &kill_switch {
+            let passing = new_table.filter(|_| live.table == new_table);
+            k.update(&kill_switch_spec(&new, passing, live.ipv6))
+                .map_err(|e| WgError::setup("kill-switch", e))?;
+        }
+        tunnel.update(&change)?;
+        exclusions(
+            &live.cfg.exclude,
+            live.table,
+            &new.exclude,
+            new_table,
+            live.ipv6,
+        )?;
+        if let Some(k) = &kill_switch {
+            k.update(&kill_switch_spec(&new, new_table, live.ipv6))
+                .map_err(|e| WgError::setup("kill-switch", e))?;
+        }
+        Ok(())
+    })()
+    .and_then(|()| {
         if new.dns == live.cfg.dns {
             return Ok(live.dns_method);
         }
@@ -710,6 +860,17 @@ fn undo_update(
         new_table: change.old_table,
     };
     let restored = tunnel.update(&back).and_then(|()| {
+        exclusions(
+            &change.new.exclude,
+            change.new_table,
+            &change.old.exclude,
+            change.old_table,
+            change.ipv6,
+        )?;
+        if let Some(k) = registry::get(name).and_then(|a| a.kill_switch) {
+            k.update(&kill_switch_spec(change.old, change.old_table, change.ipv6))
+                .map_err(|e| WgError::setup("kill-switch", e))?;
+        }
         if live.cfg.dns.is_empty() {
             dns::restore_live(&state.path, state.netns.inode, name, &|n| {
                 n != name && registry::is_live(state, n)

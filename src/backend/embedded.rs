@@ -94,7 +94,7 @@ pub fn unavailable_reason() -> Option<String> {
     None
 }
 
-pub(super) fn step(name: &str, ok: bool, detail: String, t: Instant) -> StepReport {
+pub(crate) fn step(name: &str, ok: bool, detail: String, t: Instant) -> StepReport {
     StepReport {
         step: name.into(),
         ran: true,
