@@ -1,7 +1,7 @@
 // Types of blue-wireguard/compat: the exports of the Sentinel SDK's wireguard.js.
-import type { TeardownReport } from './index.js'
+import type { TeardownReport, ConnectOptions } from './index.js'
 
-export type { TeardownReport }
+export type { TeardownReport, ConnectOptions }
 
 /** Writes a wg-quick config file for the legacy `connectWireGuard` path. */
 export interface WgConfigWriter {
@@ -10,8 +10,10 @@ export interface WgConfigWriter {
 
 export type WatchdogState = { active: false } | { active: true; name: string; uptimeMs: number }
 
-/** Bring a tunnel up from a config file the SDK wrote; resolves with the tunnel name. */
-export declare function installWgTunnel(confPath: string): Promise<string>
+/** Bring a tunnel up from a config file the SDK wrote; resolves with the tunnel name. A
+ *  second call on a live name changes the tunnel in place. `options` (not the SDK's):
+ *  `killSwitch`, `allowLan`, `exclude`, `handshakeTimeoutMs`, `backend`. */
+export declare function installWgTunnel(confPath: string, options?: ConnectOptions): Promise<string>
 /** Take down the named or the active tunnel; never rejects. */
 export declare function uninstallWgTunnel(name?: string): Promise<void>
 /** Legacy: let `wgInstance` write `<tmpdir>/sentinel-wg/wgsent0.conf`, then install it. */

@@ -132,6 +132,12 @@ export interface ConnectOptions {
    * anything is known of the node.
    */
   handshakeTimeoutMs?: number
+  /** `connectConfigFile` only (a wg-quick file cannot say it): as `TunnelConfig.killSwitch`. */
+  killSwitch?: boolean
+  /** `connectConfigFile` only: as `TunnelConfig.allowLan`. */
+  allowLan?: boolean
+  /** `connectConfigFile` only: as `TunnelConfig.exclude`. */
+  exclude?: Array<string>
 }
 
 /**

@@ -175,3 +175,35 @@ test('kill switch: one per namespace; refused on the wg-quick backend; bad exclu
   await a.exited
   assert.doesNotMatch(await nftTables(), /blue-wg-/)
 })
+
+test('compat: installWgTunnel(confPath, { killSwitch, exclude }) applies them to the SDK file; SIGTERM takes it all away', async (t) => {
+  const tmp = tmpdir(t)
+  const name = `${tb.prefix}c`
+  const c = tb.tunnelConfig(0)
+  const a = startFixture(tb, path.join(__dirname, 'fixtures', 'sdk-agent.mjs'), {
+    tmp,
+    env: {
+      BW_SDK: JSON.stringify({
+        steps: [
+          { op: 'write', name, privateKey: c.privateKey, address: c.addresses[0], serverPublicKey: c.peer.publicKey, endpoint: c.peer.endpoint, allowedIps: FULL },
+          { op: 'install', name, options: { killSwitch: true, exclude: [`${tb.httpTunnelHost}/32`] } },
+          { op: 'wait' },
+        ],
+      }),
+    },
+  })
+  t.after(() => a.child.exitCode === null && a.child.kill('SIGKILL'))
+  const installed = await a.waitFor((e) => e.op === 'install', 'install', 30_000)
+  assert.equal(installed.ok, true, JSON.stringify(installed))
+  await a.waitFor((e) => e.op === 'wait', 'wait')
+  assert.match(await nftTables(), new RegExp(`blue-wg-${name}`))
+  assert.notEqual(await probe({ host: UNDERLAY_GW, bindDev: `${tb.prefix}v1` }), 'ok')
+  const r = await tb.execCli('python3', ['-c', `import urllib.request,json;print(json.load(urllib.request.urlopen('http://${tb.httpTunnelHost}/x',timeout=3))['client'])`], { timeoutMs: 5000 })
+  assert.equal(r.stdout.trim(), UNDERLAY_SELF, 'the excluded host went through the tunnel')
+  a.child.kill('SIGTERM')
+  const x = await a.exited
+  assert.equal(x.status, 143)
+  assert.doesNotMatch(await nftTables(), /blue-wg-/)
+  fs.rmSync(path.join(tmp, 'sentinel-wg', `${name}.conf`)) // the SDK's file, the SDK's to remove
+  await assertClean(tb, name, tmp, undefined)
+})

@@ -44,12 +44,13 @@ function nameOf(confPath) {
  * Bring a tunnel up from a config file the SDK wrote. Removes a leftover tunnel of the same
  * name first, refuses any key outside those the SDK writes (PostUp & co.) before anything
  * runs, applies DNS without resolvconf, and resolves with the tunnel name (the file's base
- * name without `.conf`). Calling it again on the same name (verify-before-capture) replaces
- * the first tunnel.
+ * name without `.conf`). Calling it again on the same name (verify-before-capture) changes
+ * the live tunnel in place (same interface, open connections kept). `options` (ours, not the
+ * SDK's): `{ killSwitch, allowLan, exclude, handshakeTimeoutMs, backend }`, see the README.
  */
-async function installWgTunnel(confPath) {
+async function installWgTunnel(confPath, options) {
   if (!wg || !WG_AVAILABLE) throw unavailable()
-  const info = await wg.connectConfigFile(String(confPath))
+  const info = await wg.connectConfigFile(String(confPath), options)
   active = { name: info.name, confPath: String(confPath), since: Date.now() }
   return info.name
 }

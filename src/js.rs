@@ -173,6 +173,12 @@ pub struct ConnectOptions {
     /// 120000). `0` does not wait: the Promise then resolves once the interface is up, before
     /// anything is known of the node.
     pub handshake_timeout_ms: Option<u32>,
+    /// `connectConfigFile` only (a wg-quick file cannot say it): as `TunnelConfig.killSwitch`.
+    pub kill_switch: Option<bool>,
+    /// `connectConfigFile` only: as `TunnelConfig.allowLan`.
+    pub allow_lan: Option<bool>,
+    /// `connectConfigFile` only: as `TunnelConfig.exclude`.
+    pub exclude: Option<Vec<String>>,
 }
 
 /// The tunnel config. Values from the node are hostile: every field is validated before
@@ -358,6 +364,8 @@ enum Source {
 
 pub struct ConnectTask {
     raw: std::result::Result<Source, WgError>,
+    /// `killSwitch`, `allowLan`, `exclude` of the options of `connectConfigFile`.
+    file_extras: RawConfig,
     backend: Option<String>,
     handshake_timeout: Option<Duration>,
     progress: Option<Progress>,
@@ -387,8 +395,13 @@ impl ConnectTask {
         let raw = match std::mem::replace(&mut self.raw, Err(WgError::invalid("config", "used"))) {
             Ok(Source::Config(r)) => *r,
             Ok(Source::File(path)) => match tunnel::read_config_file(&path) {
-                Ok(r) => {
+                Ok(mut r) => {
                     source = Some(path);
+                    // What a wg-quick file cannot say comes from the options.
+                    let extra = std::mem::take(&mut self.file_extras);
+                    r.kill_switch = extra.kill_switch;
+                    r.allow_lan = extra.allow_lan;
+                    r.exclude = extra.exclude;
                     r
                 }
                 Err(e) => return Ok(Err(e)),
@@ -552,6 +565,7 @@ fn connect_task(
     let mut progress = None;
     let mut backend = None;
     let mut handshake_timeout = None;
+    let mut file_extras = RawConfig::default();
     if let Some(opts) = options {
         match opts.get_type()? {
             ValueType::Undefined | ValueType::Null => {}
@@ -564,6 +578,27 @@ fn connect_task(
                         Err(e) => raw = Err(e),
                     },
                     Err(e) => raw = Err(e),
+                }
+                if matches!(raw, Ok(Source::File(_))) {
+                    // The config-file path only: the file cannot say these.
+                    let mut m = Vec::new();
+                    for k in ["killSwitch", "allowLan", "exclude"] {
+                        if let Some(v) = obj.get::<Unknown>(k)? {
+                            match to_input(&v, 1) {
+                                Ok(i) => m.push((k.to_string(), i)),
+                                Err(e) => {
+                                    raw = Err(WgError::invalid(
+                                        format!("options.{k}"),
+                                        e.reason.clone(),
+                                    ))
+                                }
+                            }
+                        }
+                    }
+                    match RawConfig::from_input(&crate::config::Input::Map(m)) {
+                        Ok(r) => file_extras = r,
+                        Err(e) => raw = Err(e),
+                    }
                 }
                 match handshake_timeout_arg(obj.get::<Unknown>("handshakeTimeoutMs")?.as_ref()) {
                     Ok(t) => handshake_timeout = t,
@@ -591,6 +626,7 @@ fn connect_task(
     }
     Ok(AsyncTask::new(ConnectTask {
         raw,
+        file_extras,
         backend,
         handshake_timeout,
         progress,
