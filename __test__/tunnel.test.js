@@ -174,7 +174,7 @@ test('verify-before-capture: a second connect on the same name in the same proce
     assert.equal(second.info.replacedStale, true)
   } else {
     assert.equal(second.info.replacedStale, false)
-    assert.deepEqual(second.steps, ['validate', 'update'])
+    assert.deepEqual(second.steps, ['validate', 'update', 'handshake'])
     assert.equal(second.status.index, first.status.index, 'the interface was replaced')
   }
   const fetches = r.events.filter((e) => e.event === 'fetch')

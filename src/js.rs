@@ -156,7 +156,8 @@ pub struct ConnectOptions {
     /// state directory), `sweep` (only when dead owners' leftovers were removed), `converge`
     /// (only when a leftover of the same name was removed), `owner-record`, `write-config`
     /// (wg-quick backend only), `interface-up`, `routing` (embedded backend), `kernel-ready`,
-    /// `handshake` (the first completed handshake with the node), `dns` (when DNS is applied),
+    /// `exclude` and `kill-switch` (when asked for), `handshake` (the first completed
+    /// handshake with the node), `dns` (when DNS is applied),
     /// `ready`. `resolve` comes after `validate` when the endpoint is a host name.
     #[napi(ts_type = "(step: string, detail: string) => void")]
     pub on_progress: Option<()>,

@@ -184,6 +184,7 @@ async function main() {
     const runs = []
     const sdkRuns = []
     const tputs = []
+    const ksRuns = []
     const kills = []
     let emergency = null
     let fp = null
@@ -209,6 +210,7 @@ async function main() {
         runs.push(ev)
         line(ev)
       } else if (ev.event === 'emergency') emergency = ev.samples
+      else if (ev.event === 'ks') ksRuns.push(ev)
       else if (ev.event === 'footprint') {
         fp = ev
         log('')
@@ -308,6 +310,8 @@ async function main() {
           for (const c of i % 2 ? [...tputChildren].reverse() : tputChildren) {
             await c.ask({ cmd: 'throughput', i, server: tb.httpNodeHost, port: IPERF_PORT, seconds: opt.tputSecs }, perRunS * 1000)
           }
+          // the embedded backend again, with the kill switch on
+          await W.ask({ cmd: 'throughput', i, server: tb.httpNodeHost, port: IPERF_PORT, seconds: opt.tputSecs, killSwitch: true }, perRunS * 1000)
         }
       } finally {
         const left = await iperf.stopServer(iperfServer)
@@ -320,6 +324,7 @@ async function main() {
       const xn = await c.exited
       if (xn.status !== 0) throw new Error(`bench child exited ${JSON.stringify(xn)}: ${c.stderr()}`)
     }
+    for (let i = 0; i < Math.min(opt.runs, 15); i++) await W.ask({ cmd: 'ks', i })
     await W.ask({ cmd: 'emergency' })
     await W.ask({ cmd: 'footprint', idleMs: opt.idleMs }, opt.idleMs + 30000)
     for (let i = 0; i < opt.killRuns; i++) await W.ask({ cmd: 'kill', i }, KILL_BOUND_MS + 40000)
@@ -379,6 +384,9 @@ async function main() {
     add('update.toFull', 'addon update(): split -> full, in place', pick('split', 'updateToFullMs').filter((x) => x != null))
     add('update.toSplit', 'addon update(): full -> split, in place', pick('split', 'updateToSplitMs').filter((x) => x != null))
     add('status', 'addon status() (reads the device)', pick('split', 'statusMs').filter((x) => x != null))
+    add('ks.connect.with', 'full tunnel connect with killSwitch', ksRuns.map((r) => r.with))
+    add('ks.connect.without', '  the same without (in turns)', ksRuns.map((r) => r.without))
+    if (ksRuns.length) one('ks.connect.cost', '  kill switch cost on connect (paired Δ median)', stats(ksRuns.map((r) => r.with - r.without)).median, ksRuns.length)
     add('split.disconnect', 'addon split tunnel: disconnect', pick('split', 'disconnectMs'), TARGETS.disconnect)
     add('full.disconnect', 'addon full tunnel: disconnect', pick('full', 'disconnectMs'), TARGETS.disconnect)
     const backendOf = (tag) => (runs.find((r) => r.tag === tag) || {}).backend

@@ -369,7 +369,7 @@ function iperf3Client({ server, port, seconds }, reverse) {
  */
 async function throughputRun(i, t) {
   const before = procSample(process.pid)
-  const info = await wg.connect(plan.split)
+  const info = await wg.connect(t.killSwitch ? { ...plan.split, killSwitch: true } : plan.split)
   try {
     const first = await getUntilOk(plan.url, { deadlineMs: 10000 })
     if (!first.ok) throw new Error(`throughput run ${i}: no HTTP answer through the tunnel: ${JSON.stringify(first.last)}`)
@@ -379,7 +379,7 @@ async function throughputRun(i, t) {
       if (daemons.length !== 1) throw new Error(`throughput run ${i}: want one wireguard-go in this namespace, found ${JSON.stringify(daemons)}`)
       worker = daemons[0]
     }
-    const r = { i, backend: info.backend, workerPid: worker, workerCmd: procSample(worker).cmd, clkTck: CLK_TCK }
+    const r = { i, backend: info.backend + (info.killSwitch ? '+killSwitch' : ''), workerPid: worker, workerCmd: procSample(worker).cmd, clkTck: CLK_TCK }
     for (const [dir, reverse] of [['up', false], ['down', true]]) {
       const a = procSample(worker)
       const x = await iperf3Client(t, reverse)
@@ -507,6 +507,22 @@ async function run(c) {
     case 'throughput':
       say('throughput', await throughputRun(c.i, c))
       break
+    case 'ks': {
+      // The kill switch's cost on connect: a full tunnel (no DNS) with and without it, in turns.
+      const cfg = { ...plan.full, dns: [] }
+      const r = { i: c.i, with: null, without: null }
+      for (const ks of c.i % 2 ? [false, true] : [true, false]) {
+        const t0 = now()
+        const info = await wg.connect({ ...cfg, killSwitch: ks })
+        r[ks ? 'with' : 'without'] = ms(t0)
+        const rep = await wg.disconnect(info.name)
+        if (!rep || !rep.gone) throw new Error(`ks run ${c.i}: disconnect did not finish`)
+        await settle(`ks run ${c.i}`, info.name, [wg.configDir()])
+        await new Promise((res) => setTimeout(res, 30)) // past the node's 20 ms flood guard
+      }
+      say('ks', r)
+      break
+    }
     case 'exit':
       if (plan.sdk) fs.rmSync(plan.sdk.confDir, { recursive: true, force: true })
       say('done')
