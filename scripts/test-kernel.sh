@@ -5,7 +5,7 @@
 # against the kernel backend there:
 #   __test__/kernel.test.js (auto takes kernel; no program run; status() counters; SIGKILL ->
 #   watchdog; sweep), then with BLUE_WG_BACKEND=kernel the tunnel, exit-path, compat (SDK),
-#   DNS and health (handshake-verified connect, update in place, watch) suites.
+#   DNS, health (handshake-verified connect, update in place, watch) and kill-switch suites.
 # Inside the VM, as on the host, every tunnel lives in the testbed's network namespaces,
 # never in the guest's root namespace.
 #
@@ -52,7 +52,7 @@ if [[ ${1:-} == --inside ]]; then
       # for the host (chaos' and emergencyCleanupSync's 1 s / 2 ms bounds miss under TCG).
       BLUE_WG_BACKEND=kernel BW_TIME_FACTOR=10 node --test --test-concurrency=1 "$@" __test__/kernel.test.js \
         __test__/tunnel.test.js __test__/exit.test.js __test__/compat.test.js __test__/dns.test.js \
-        __test__/health.test.js
+        __test__/health.test.js __test__/killswitch.test.js
       rc=$?
       set -e
       ;;
