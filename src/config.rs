@@ -814,10 +814,13 @@ fn parse_exclude(list: Vec<String>) -> Result<(Vec<IpNet>, Vec<String>)> {
             || v.chars().all(|c| c.is_ascii_digit() || c == '.');
         if looks_ip {
             let net = parse_cidr(&field, v)?.trunc();
-            if net.prefix_len() == 0 {
+            // Two halves make a default: anything wider than a /8 (IPv4) or /16 (IPv6) would
+            // take most traffic around the tunnel and through the kill switch.
+            let widest = if net.addr().is_ipv4() { 8 } else { 16 };
+            if net.prefix_len() < widest {
                 return Err(WgError::invalid(
                     field,
-                    "a default route cannot be excluded",
+                    format!("{net} is wider than a /{widest}: too much would go around the tunnel"),
                 ));
             }
             nets.push(net);
@@ -829,7 +832,11 @@ fn parse_exclude(list: Vec<String>) -> Result<(Vec<IpNet>, Vec<String>)> {
     Ok((nets, hosts))
 }
 
-/// Resolve `exclude`'s host names (each within `bound`): every address each has, as a host.
+/// The most addresses one excluded host name contributes.
+const MAX_HOST_ADDRESSES: usize = 16;
+
+/// Resolve `exclude`'s host names (each within `bound`): every address each has (up to
+/// `MAX_HOST_ADDRESSES`), as a host.
 pub fn resolve_excluded(hosts: &[String], bound: std::time::Duration) -> Result<Vec<IpNet>> {
     let mut out = Vec::new();
     for h in hosts {
@@ -837,7 +844,8 @@ pub fn resolve_excluded(hosts: &[String], bound: std::time::Duration) -> Result<
             host: h.clone(),
             port: 0,
         };
-        for a in ep.resolve_all(bound)? {
+        // A name that resolves to many addresses is not a way around the list's bound.
+        for a in ep.resolve_all(bound)?.into_iter().take(MAX_HOST_ADDRESSES) {
             out.push(IpNet::from(a.ip()));
         }
     }

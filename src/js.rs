@@ -580,6 +580,22 @@ fn connect_task(
                     },
                     Err(e) => raw = Err(e),
                 }
+                if matches!(raw, Ok(Source::Config(_))) {
+                    // A config object says these itself: an option would be silently lost.
+                    for k in ["killSwitch", "allowLan", "exclude"] {
+                        if obj
+                            .get::<Unknown>(k)?
+                            .is_some_and(|v| !matches!(v.get_type(), Ok(ValueType::Undefined)))
+                        {
+                            raw = Err(WgError::invalid(
+                                format!("options.{k}"),
+                                format!(
+                                    "is for connectConfigFile; with connect, put {k} in the config"
+                                ),
+                            ));
+                        }
+                    }
+                }
                 if matches!(raw, Ok(Source::File(_))) {
                     // The config-file path only: the file cannot say these.
                     let mut m = Vec::new();

@@ -48,6 +48,15 @@ pub struct Active {
     pub kill_switch: Option<Arc<crate::nft::KillSwitch>>,
 }
 
+/// Take the kill switch of this process's tunnel `name` out of its entry (the cleanup
+/// routine then leaves it; dropping it removes it).
+pub fn take_kill_switch(name: &str) -> Option<Arc<crate::nft::KillSwitch>> {
+    lock_mutex(&ACTIVE)
+        .iter_mut()
+        .find(|a| a.name == name)
+        .and_then(|a| a.kill_switch.take())
+}
+
 /// Record the kill switch of the live tunnel `name`.
 pub fn set_kill_switch(name: &str, ks: crate::nft::KillSwitch) {
     if let Some(a) = lock_mutex(&ACTIVE).iter_mut().find(|a| a.name == name) {

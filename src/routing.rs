@@ -174,10 +174,24 @@ pub fn exclude_priority(table: u32) -> u32 {
     EXCLUDE_BASE + table.saturating_sub(TABLE_BASE).min(TABLE_SPAN)
 }
 
-/// `ip rule add to <net> table main priority <exclude_priority(table)>`.
+/// The rule protocol (`FRA_PROTOCOL`) our exclusion rules carry, so that removing them by
+/// priority never matches a rule of another tool (`ip rule ... protocol 218`).
+const EXCLUDE_PROTOCOL: u8 = 218;
+
+/// The base of an exclusion rule of `table`: priority, `lookup main`, our protocol.
+fn exclude_base(fam: Family, table: u32) -> RuleMessage {
+    let mut m = rule_base(fam, exclude_priority(table), RT_TABLE_MAIN);
+    m.attributes
+        .push(RuleAttribute::Protocol(RouteProtocol::Other(
+            EXCLUDE_PROTOCOL,
+        )));
+    m
+}
+
+/// `ip rule add to <net> table main priority <exclude_priority(table)> protocol 218`.
 pub fn exclude_rule(net: &IpNet, table: u32) -> RuleMessage {
     let fam = Family::of(&net.addr());
-    let mut m = rule_base(fam, exclude_priority(table), RT_TABLE_MAIN);
+    let mut m = exclude_base(fam, table);
     m.header.dst_len = net.prefix_len();
     m.attributes.push(RuleAttribute::Destination(net.network()));
     m
@@ -423,7 +437,7 @@ pub fn remove_full_tunnel_rules(table: u32) -> Vec<String> {
     for fam in [Family::V4, Family::V6] {
         let mut n = 0;
         for _ in 0..(4 * crate::config::MAX_LIST) {
-            let rule = rule_base(fam, exclude_priority(table), RT_TABLE_MAIN);
+            let rule = exclude_base(fam, table);
             match nl.request(RouteNetlinkMessage::DelRule(rule), 0) {
                 Ok(()) => n += 1,
                 Err(_) => break,

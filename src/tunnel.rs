@@ -202,6 +202,18 @@ pub fn connect(
 
     let state = StateDir::create()?;
     let _guard = registry::lock();
+    // Replacing a live tunnel of ours that has a kill switch (e.g. switching nodes): its table
+    // stays, narrowed to the new node, so nothing leaks while the old tunnel goes and the new
+    // one comes up; the new tunnel adopts it (or, if it fails, its cleanup removes it).
+    let kept_kill_switch = if cfg.kill_switch {
+        registry::take_kill_switch(&cfg.name)
+    } else {
+        None
+    };
+    if let Some(k) = &kept_kill_switch {
+        k.update(&kill_switch_spec(&cfg, None, netdev::ipv6_enabled()))
+            .map_err(|e| WgError::setup("kill-switch", e))?;
+    }
     // The start-of-process sweep: what dead owners left here goes first.
     let swept: Vec<String> = registry::sweep_dead_locked(&state)
         .reports
@@ -340,7 +352,7 @@ pub fn connect(
         tunnel: None,
         ns_claim: ns_claim.map(Arc::new),
         live: None,
-        kill_switch: None,
+        kill_switch: kept_kill_switch,
     });
     let mut cfg = cfg;
     cfg.name = name.clone();
@@ -632,10 +644,26 @@ fn bring_up(
         );
     }
     if cfg.kill_switch {
-        let ks = crate::nft::KillSwitch::install(&kill_switch_spec(cfg, ctx.table, ctx.ipv6))
-            .map_err(|e| WgError::setup("kill-switch", e))?;
-        let detail = format!("table inet {}", ks.table());
-        registry::set_kill_switch(&cfg.name, ks);
+        let spec = kill_switch_spec(cfg, ctx.table, ctx.ipv6);
+        let detail = match registry::get(&cfg.name).and_then(|a| a.kill_switch) {
+            // Adopted from the tunnel this one replaced.
+            Some(k) => {
+                k.update(&spec)
+                    .map_err(|e| WgError::setup("kill-switch", e))?;
+                format!("table inet {} (kept from the tunnel replaced)", k.table())
+            }
+            None => {
+                let ks = crate::nft::KillSwitch::install(&spec)
+                    .map_err(|e| WgError::setup("kill-switch", e))?;
+                let mut d = format!("table inet {}", ks.table());
+                for n in ks.notes() {
+                    d.push_str("; note: ");
+                    d.push_str(n);
+                }
+                registry::set_kill_switch(&cfg.name, ks);
+                d
+            }
+        };
         (ctx.progress)("kill-switch", &detail);
     }
     // Before DNS: a node that does not answer costs the host nothing but this wait.
@@ -687,6 +715,8 @@ fn connect_in_place(
         // worker: another environment's connect replaces it instead).
         let same = active.backend == be.name()
             && active.owner == owner
+            && old.kill_switch == cfg.kill_switch
+            && old.allow_lan == cfg.allow_lan
             && be.routes_full_tunnel()
             && old.private_key == cfg.private_key
             && old.addresses == cfg.addresses
