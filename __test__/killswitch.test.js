@@ -239,3 +239,17 @@ test('kill switch: replacing a tunnel (another identity on the same name) keeps 
   assert.doesNotMatch(await nftTables(), /blue-wg-/)
   await assertClean(tb2, name, tmp, undefined)
 })
+
+test('kill switch: a failed connect (a dead node) leaves no table and the host works', async (t) => {
+  const name = `${tb.prefix}f`
+  const tmp = tmpdir(t)
+  const base = tb.tunnelConfig(0, { name, allowedIps: FULL, killSwitch: true, dns: [] })
+  const dead = { ...base, peer: { ...base.peer, publicKey: require('node:crypto').randomBytes(32).toString('base64') } }
+  const a = startFixture(tb, STEPS, { tmp, env: { BW_STEPS: JSON.stringify([{ op: 'connect', config: dead, options: { handshakeTimeoutMs: 1000 * SLOW } }]) } })
+  await a.exited
+  const e = a.events.find((x) => x.event === 'error')
+  assert.equal(e?.code, 'WG_NO_CONNECTIVITY', JSON.stringify(a.events))
+  assert.doesNotMatch(await nftTables(), /blue-wg-/)
+  assert.equal(await probe({ host: UNDERLAY_GW, bindDev: `${tb.prefix}v1` }), 'ok')
+  await assertClean(tb, name, tmp, undefined)
+})
