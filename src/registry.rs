@@ -57,6 +57,13 @@ pub fn take_kill_switch(name: &str) -> Option<Arc<crate::nft::KillSwitch>> {
         .and_then(|a| a.kill_switch.take())
 }
 
+/// Give the live tunnel `name` back the kill switch `take_kill_switch` took.
+pub fn put_kill_switch(name: &str, ks: Arc<crate::nft::KillSwitch>) {
+    if let Some(a) = lock_mutex(&ACTIVE).iter_mut().find(|a| a.name == name) {
+        a.kill_switch = Some(ks);
+    }
+}
+
 /// Record the kill switch of the live tunnel `name`.
 pub fn set_kill_switch(name: &str, ks: crate::nft::KillSwitch) {
     if let Some(a) = lock_mutex(&ACTIVE).iter_mut().find(|a| a.name == name) {

@@ -221,7 +221,20 @@ pub fn connect(
         .filter(|r| r.gone)
         .map(|r| r.name)
         .collect();
-    let (name, (lock, ns_claim), replaced_own) = claim_name(&state, &cfg.name)?;
+    let (name, (lock, ns_claim), replaced_own) = match claim_name(&state, &cfg.name) {
+        Ok(c) => c,
+        Err(e) => {
+            // The old tunnel may still be there (it could not be removed): it keeps its kill
+            // switch, with its own rules back.
+            if let Some(k) = kept_kill_switch {
+                if let Some(live) = registry::get(&cfg.name).and_then(|a| a.live) {
+                    let _ = k.update(&kill_switch_spec(&live.cfg, live.table, live.ipv6));
+                    registry::put_kill_switch(&cfg.name, k);
+                }
+            }
+            return Err(e);
+        }
+    };
     // The wg-quick backend's key file lives in the namespace's private state directory
     // (root-only, per namespace): no other user can pre-create or watch it, and agents in
     // other namespaces never see it. The native backends write no key file at all.
