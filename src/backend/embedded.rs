@@ -322,16 +322,7 @@ impl Backend for Embedded {
             .runtime
             .cloned()
             .ok_or_else(|| WgError::setup("embedded", "no async runtime was given"))?;
-        let allowed: Vec<IpNet> = super::routable(cfg, ctx.ipv6);
-        let full = allowed.iter().any(|n| n.prefix_len() == 0);
-        let table =
-            if full {
-                Some(ctx.table.ok_or_else(|| {
-                    WgError::setup("routing", "a full tunnel needs a routing table")
-                })?)
-            } else {
-                None
-            };
+        let (allowed, table) = super::routes_of(cfg, ctx)?;
         let endpoint = cfg.peer.endpoint.resolve(crate::config::RESOLVE_BOUND)?;
 
         // The tun: created by this process, not persistent (gone with the last descriptor).

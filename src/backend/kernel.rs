@@ -517,16 +517,7 @@ impl Backend for Kernel {
     }
 
     fn up(&self, cfg: &TunnelConfig, ctx: &mut UpContext) -> Result<Box<dyn Tunnel>> {
-        let allowed: Vec<IpNet> = super::routable(cfg, ctx.ipv6);
-        let full = allowed.iter().any(|n| n.prefix_len() == 0);
-        let table =
-            if full {
-                Some(ctx.table.ok_or_else(|| {
-                    WgError::setup("routing", "a full tunnel needs a routing table")
-                })?)
-            } else {
-                None
-            };
+        let (allowed, table) = super::routes_of(cfg, ctx)?;
         // Resolved before anything is created (a failure leaves nothing to undo).
         let endpoint = cfg.peer.endpoint.resolve(crate::config::RESOLVE_BOUND)?;
         let spec = PeerSpec {

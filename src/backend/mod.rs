@@ -95,6 +95,21 @@ pub fn routable(cfg: &TunnelConfig, ipv6: bool) -> Vec<IpNet> {
         .collect()
 }
 
+/// What a native backend routes for `cfg`: the routable allowed IPs, and the full tunnel's
+/// table (the caller's, chosen and recorded before `up`) when one of them is a default.
+pub fn routes_of(cfg: &TunnelConfig, ctx: &UpContext) -> Result<(Vec<IpNet>, Option<u32>)> {
+    let allowed = routable(cfg, ctx.ipv6);
+    let table = if allowed.iter().any(|n| n.prefix_len() == 0) {
+        Some(
+            ctx.table
+                .ok_or_else(|| WgError::setup("routing", "a full tunnel needs a routing table"))?,
+        )
+    } else {
+        None
+    };
+    Ok((allowed, table))
+}
+
 /// The routing part of a native backend's `update`, once its device carries the new config.
 pub fn reroute(index: u32, change: &Change) -> Result<()> {
     let (old, new) = change.allowed();
