@@ -75,6 +75,11 @@ pub fn check_private_dir(dir: &Path) -> Result<()> {
 /// Write `contents` to `path`, created 0600 and exclusively, never through a link.
 /// Anything already at `path` (a stale file from a crashed run, or a planted link) is removed
 /// first. On a failed write the partial file is removed.
+///
+/// Not `fsync`ed: what is written here (ownership records, the state directory's cookie, a
+/// wg-quick config) describes kernel state that a reboot erases, and is read only by processes
+/// of the same boot, which see the page cache. Where `/run` is a disk (containers, this
+/// testbed's host) a sync cost ~0.3-0.5 ms on every connect for nothing.
 pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<()> {
     shred(path);
     let mut f = OpenOptions::new()
@@ -84,7 +89,7 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<()> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| WgError::io(format!("cannot create {}", path.display()), &e))?;
-    if let Err(e) = f.write_all(contents).and_then(|_| f.sync_all()) {
+    if let Err(e) = f.write_all(contents) {
         drop(f);
         shred(path);
         return Err(WgError::io(format!("cannot write {}", path.display()), &e));

@@ -37,7 +37,8 @@
 //                      cli namespace's wireguard-go for wg-quick) and its VmRSS with the tunnel
 //                      up after the transfers
 // RUNS (default 25) connect/request/disconnect cycles per tunnel kind and per child, after one
-// warm-up cycle each that is not counted. All cycles of a kind run in long-lived child
+// warm-up cycle each that is not counted; a cycle starts --gap-ms (default 25) after the last
+// one on the same client key (the node's 20 ms handshake flood window, see the cycle loop). All cycles of a kind run in long-lived child
 // processes inside the testbed's cli namespace (testbed/bench/child.js), so process start-up is
 // never part of a connect figure.
 //
@@ -78,7 +79,7 @@ const KILL_BOUND_MS = 5000 // and for how long at most
 // ------------------------------------------------------------------------------------ args
 function parseArgs(argv) {
   const o = { runs: 25, json: null, sdkRuns: null, calls: 1000, killRuns: 20, idleMs: 2000, backend: process.env.BLUE_WG_BACKEND || 'auto', compare: true,
-    throughput: true, tputRuns: 3, tputSecs: 3 }
+    throughput: true, tputRuns: 3, tputSecs: 3, gapMs: 25 }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     const val = () => {
@@ -96,6 +97,7 @@ function parseArgs(argv) {
     else if (a === '--no-throughput') o.throughput = false
     else if (a === '--tput-runs') o.tputRuns = int(val(), a, 1)
     else if (a === '--tput-secs') o.tputSecs = int(val(), a, 1)
+    else if (a === '--gap-ms') o.gapMs = int(val(), a, 0)
     else if (a === '-h' || a === '--help') usage()
     else if (/^\d+$/.test(a)) o.runs = int(a, 'RUNS', 1)
     else usage(`unknown argument ${a}`)
@@ -111,7 +113,7 @@ function int(v, what, min) {
 function usage(msg) {
   if (msg) console.error(`bench: ${msg}`)
   console.error('usage: node testbed/bench.js [RUNS=25] [--json PATH] [--sdk-runs N] [--calls N] [--kill-runs N=20] [--idle-ms N=2000]\n' +
-    '                         [--backend auto|embedded|wg-quick] [--no-compare] [--no-throughput] [--tput-runs N=3] [--tput-secs N=3]')
+    '                         [--backend auto|embedded|wg-quick] [--no-compare] [--no-throughput] [--tput-runs N=3] [--tput-secs N=3] [--gap-ms N=25]')
   process.exit(msg ? 2 : 0)
 }
 
@@ -290,12 +292,26 @@ async function main() {
 
     // connect cycles: W and N take turns (W first on even runs, N first on odd ones), so a
     // drift of the machine over the bench weighs on both alike
+    // W and N share the first client key. A WireGuard responder (wireguard-go here, the
+    // kernel module alike) takes at most one handshake initiation per peer every 20 ms and
+    // drops the rest (flood protection); a connect within 20 ms of the key's last handshake
+    // waits for that window whatever the client does. Each cycle therefore starts --gap-ms
+    // (default 25) after the previous cycle on the same key ended (its handshake was earlier
+    // still); --gap-ms 0 measures back-to-back reconnects, window included.
+    const lastEnd = new Map()
+    const cycle = async (c, mode, i) => {
+      const key = c === Q ? 'client1' : 'client0'
+      const wait = (lastEnd.get(key) ?? 0) + opt.gapMs - Date.now()
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait))
+      await c.ask({ cmd: 'cycle', mode, i })
+      lastEnd.set(key, Date.now())
+    }
     for (const mode of ['split', 'full']) {
-      for (const c of cycling) await c.ask({ cmd: 'cycle', mode, i: -1 })
+      for (const c of cycling) await cycle(c, mode, -1)
     }
     for (let i = 0; i < opt.runs; i++) {
       for (const mode of ['split', 'full']) {
-        for (const c of i % 2 ? [...cycling].reverse() : cycling) await c.ask({ cmd: 'cycle', mode, i })
+        for (const c of i % 2 ? [...cycling].reverse() : cycling) await cycle(c, mode, i)
       }
     }
     // throughput: one iperf3 server on the node's tunnel address for the section; the
@@ -545,6 +561,7 @@ async function main() {
     Object.assign(result, {
       ok: true,
       runs: opt.runs,
+      gapMs: opt.gapMs,
       date: new Date().toISOString(),
       host: { kernel: os.release(), node: process.version, cpu: os.cpus()[0]?.model, cpus: os.cpus().length },
       backend: backendOf('wd') === 'wg-quick' ? `wg-quick + ${wgQuickEngine()}` : backendOf('wd'),
