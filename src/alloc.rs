@@ -101,7 +101,7 @@ mod tests {
             }
             // up into a mapping, then back down: the bytes travel along
             let q = a.realloc(p, small, 3 << 20);
-            assert!(!q.is_null() && (q as usize) % MAP_ALIGN == 0);
+            assert!(!q.is_null() && (q as usize).is_multiple_of(MAP_ALIGN));
             assert!((0..1000).all(|i| *q.add(i) == i as u8));
             *q.add((3 << 20) - 1) = 7;
             let big = Layout::from_size_align(3 << 20, 8).unwrap();
