@@ -835,6 +835,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 // linked import resolves to `undefined`.
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
+module.exports.RootlessProxy = nativeBinding.RootlessProxy
 module.exports.availability = nativeBinding.availability
 module.exports.cleanupOwnTunnelsSync = nativeBinding.cleanupOwnTunnelsSync
 module.exports.configDir = nativeBinding.configDir
@@ -842,6 +843,7 @@ module.exports.connect = nativeBinding.connect
 module.exports.connectConfigFile = nativeBinding.connectConfigFile
 module.exports.disconnect = nativeBinding.disconnect
 module.exports.emergencyCleanupSync = nativeBinding.emergencyCleanupSync
+module.exports.openProxyNative = nativeBinding.openProxyNative
 module.exports.prepareConfigDir = nativeBinding.prepareConfigDir
 module.exports.shredConfigFile = nativeBinding.shredConfigFile
 module.exports.status = nativeBinding.status

@@ -35,6 +35,43 @@ export declare function watch(
   listener: (event: HealthEvent) => void,
   options?: WatchOptions,
 ): () => void
+
+/** Options of `openProxy`. */
+export interface ProxyOptions {
+  /** The port on 127.0.0.1 (default 0: a free one). A port in use: `INVALID_OPTIONS`. */
+  port?: number
+  /** As for `connect`: how long to wait for the first handshake (default 5000, 0 = none). */
+  handshakeTimeoutMs?: number
+}
+
+/** A running rootless proxy: what `openProxy` resolves with. */
+export interface RootlessProxyHandle {
+  /** `http://bw:<password>@127.0.0.1:<port>`: HTTP proxy (absolute-form and `CONNECT`). */
+  httpProxy: string
+  /** `socks5://bw:<password>@127.0.0.1:<port>`: SOCKS5, names resolved through the tunnel. */
+  socksProxy: string
+  /** The port both listen on (one listener; the protocol is told by the first byte). */
+  port: number
+  /** Time from the call to the first completed handshake, and to the proxy being ready, ms. */
+  handshakeMs: number
+  openMs: number
+  /** The node's counters, like `status()`'s; throws `WG_NOT_CONNECTED` once closed. */
+  stats(): ProxyStats
+  /** Stop listening, end its connections and WireGuard. Idempotent: true the first time. */
+  close(): boolean
+}
+
+/**
+ * Rootless mode: WireGuard inside this process over an ordinary UDP socket, a userspace
+ * TCP/IP stack, and a local proxy on 127.0.0.1 that speaks HTTP (absolute-form and
+ * `CONNECT`) and SOCKS5 (host names resolved by the tunnel's DNS, through the tunnel), and
+ * requires the random credentials in its URLs. Needs no root, no capability, no TUN device,
+ * and creates no interface, route or file. Takes the same config as `connect` (same
+ * validation and errors; `killSwitch` and `exclude` are refused); resolves after the first
+ * handshake with the node (`WG_NO_CONNECTIVITY` otherwise). Stops with `close()` or the process;
+ * it does not keep the event loop alive by itself.
+ */
+export declare function openProxy(config: TunnelConfig, options?: ProxyOptions): Promise<RootlessProxyHandle>
 /**
  * Which binding artifact the generated loader actually loaded: `'native'` for
  * a native addon, otherwise the `platformArchABI` of the WASI flavor. Every
@@ -42,6 +79,19 @@ export declare function watch(
  * can point the loader at a WASI artifact this package does not build itself.
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
+
+/** A running rootless proxy (see `openProxy` in index.js, which wraps it). */
+export declare class RootlessProxy {
+  get port(): number
+  get user(): string
+  get password(): string
+  get handshakeMs(): number
+  get openMs(): number
+  /** Counters of the node; throws `WG_NOT_CONNECTED` once closed. */
+  stats(): ProxyStats
+  /** Stop listening, end every connection, stop WireGuard. Idempotent: true the first time. */
+  close(): boolean
+}
 
 /** What this host offers, found in-process (PATH search, file checks). */
 export declare function availability(): Availability
@@ -164,6 +214,14 @@ export declare function disconnect(name?: string | undefined | null): Promise<Te
 export declare function emergencyCleanupSync(): CleanupReport
 
 /**
+ * Rootless mode: WireGuard in this process over a UDP socket, a userspace TCP/IP stack, and
+ * a local HTTP + SOCKS5 proxy on 127.0.0.1 that requires its random credentials. No root, no
+ * capability, no TUN device; nothing is created on the host. Resolves after the first
+ * handshake with the node. Use `openProxy` from the package (it wraps this).
+ */
+export declare function openProxyNative(config: TunnelConfig, options?: { port?: number, handshakeTimeoutMs?: number }): Promise<RootlessProxy>
+
+/**
  * The node's side of the tunnel.
  * (Declared for `index.d.ts`; values are converted by `to_input`.)
  */
@@ -188,6 +246,16 @@ export interface PeerConfig {
  * path. Throws `WG_CONFIG_DIR_UNSAFE` when it cannot be trusted with a key.
  */
 export declare function prepareConfigDir(): string
+
+/** The proxy's counters of the node, as `status()` gives them for a tunnel. */
+export interface ProxyStats {
+  lastHandshakeAgoMs?: number
+  rxBytes: number
+  txBytes: number
+  endpoint?: string
+  /** False once the last handshake is older than 180 s (the session is dead). */
+  healthy: boolean
+}
 
 /**
  * Zero-fill, sync and delete a config file, but only a trusted one: a regular file of ours,

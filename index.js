@@ -131,9 +131,35 @@ function watch(name, listener, { intervalMs = 1000, noReplyMs = NO_REPLY_MS } = 
   return stop
 }
 
+/**
+ * Rootless mode (see index.d.ts): the native proxy, with its URLs. The credentials are
+ * random per proxy; they are in the URLs because every client needs them. The proxy is held
+ * here until close(), so keeping only the URLs does not let the garbage collector stop it;
+ * it does not keep the event loop alive.
+ */
+const openProxies = new Set() // held until close(): a caller may keep only the URLs
+async function openProxy(config, options) {
+  const p = await module.exports.openProxyNative(config, options)
+  openProxies.add(p)
+  const auth = `${p.user}:${p.password}`
+  return {
+    httpProxy: `http://${auth}@127.0.0.1:${p.port}`,
+    socksProxy: `socks5://${auth}@127.0.0.1:${p.port}`,
+    port: p.port,
+    handshakeMs: p.handshakeMs,
+    openMs: p.openMs,
+    stats: () => p.stats(),
+    close: () => {
+      openProxies.delete(p)
+      return p.close()
+    },
+  }
+}
+
 // Assigned property by property (not a spread), so Node's ESM import of this CommonJS file
 // still sees every named export.
 module.exports.connect = (config, options) => native.connect(config, guardProgress(options))
 module.exports.connectConfigFile = (confPath, options) =>
   native.connectConfigFile(confPath, guardProgress(options))
 module.exports.watch = watch
+module.exports.openProxy = openProxy

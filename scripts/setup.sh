@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 # wg-quick and wg; the userspace WireGuard for kernels without the module; ip, nft, sysctl,
 # getent, unshare for the testbed; python3 for the simulated node's HTTP and DNS services; strace
 # for the chaos tests that kill an owner at an exact system call; iperf3 for the bench's
-# throughput section (through the tunnel, embedded vs wireguard-go).
-PKGS=(wireguard-tools wireguard-go iproute2 nftables procps libc-bin util-linux python3 strace iperf3 ca-certificates)
+# throughput section (through the tunnel, embedded vs wireguard-go); curl, an ordinary client
+# of the rootless proxy in its tests.
+PKGS=(wireguard-tools wireguard-go iproute2 nftables procps libc-bin util-linux python3 strace iperf3 curl ca-certificates)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

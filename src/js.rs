@@ -903,3 +903,162 @@ pub fn shred_config_file(conf_path: Unknown) -> bool {
 pub fn config_dir() -> String {
     confdir::config_dir().to_string_lossy().into_owned()
 }
+
+// ------------------------------------------------------------------------------ openProxy
+
+pub struct OpenProxyTask {
+    raw: std::result::Result<RawConfig, WgError>,
+    port: u16,
+    handshake_timeout: Duration,
+}
+
+impl Task for OpenProxyTask {
+    type Output = std::result::Result<crate::proxy::Proxy, WgError>;
+    type JsValue = RootlessProxy;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        let raw = std::mem::replace(&mut self.raw, Err(WgError::invalid("config", "used")));
+        Ok((|| {
+            let raw = raw?;
+            let cfg = crate::config::TunnelConfig::from_raw(raw)?;
+            if cfg.kill_switch || !cfg.exclude.is_empty() || !cfg.exclude_hosts.is_empty() {
+                return Err(WgError::invalid(
+                    "config",
+                    "killSwitch and exclude are for connect: a proxy changes nothing on the host",
+                ));
+            }
+            let runtime = std::panic::catch_unwind(|| {
+                napi::bindgen_prelude::within_runtime_if_available(tokio::runtime::Handle::current)
+            })
+            .map_err(|_| WgError::setup("proxy", "no async runtime (the process is exiting)"))?;
+            crate::proxy::open(
+                cfg,
+                crate::proxy::Options {
+                    port: self.port,
+                    handshake_timeout: self.handshake_timeout,
+                },
+                runtime,
+            )
+        })())
+    }
+
+    fn resolve(&mut self, env: Env, output: Self::Output) -> Result<RootlessProxy> {
+        let p = output.map_err(|e| js_error(&env, &e))?;
+        Ok(RootlessProxy { inner: Arc::new(p) })
+    }
+}
+
+/// A running rootless proxy (see `openProxy` in index.js, which wraps it).
+#[napi]
+pub struct RootlessProxy {
+    inner: Arc<crate::proxy::Proxy>,
+}
+
+/// The proxy's counters of the node, as `status()` gives them for a tunnel.
+#[napi(object)]
+pub struct ProxyStats {
+    pub last_handshake_ago_ms: Option<f64>,
+    pub rx_bytes: f64,
+    pub tx_bytes: f64,
+    pub endpoint: Option<String>,
+    /// False once the last handshake is older than 180 s (the session is dead).
+    pub healthy: bool,
+}
+
+#[napi]
+impl RootlessProxy {
+    #[napi(getter)]
+    pub fn port(&self) -> u32 {
+        self.inner.port as u32
+    }
+    #[napi(getter)]
+    pub fn user(&self) -> String {
+        crate::proxy::USER.to_string()
+    }
+    #[napi(getter)]
+    pub fn password(&self) -> String {
+        self.inner.password.clone()
+    }
+    #[napi(getter)]
+    pub fn handshake_ms(&self) -> f64 {
+        (self.inner.handshake_ms * 100.0).round() / 100.0
+    }
+    #[napi(getter)]
+    pub fn open_ms(&self) -> f64 {
+        (self.inner.open_ms * 100.0).round() / 100.0
+    }
+    /// Counters of the node; throws `WG_NOT_CONNECTED` once closed.
+    #[napi]
+    pub fn stats(&self, env: Env) -> Result<ProxyStats> {
+        let s = self.inner.stats().map_err(|e| js_error(&env, &e))?;
+        let reject = crate::handshake::REJECT_AFTER.as_secs_f64() * 1000.0;
+        Ok(ProxyStats {
+            healthy: s.last_handshake_ms.is_some_and(|ms| ms < reject),
+            last_handshake_ago_ms: s.last_handshake_ms,
+            rx_bytes: s.rx_bytes as f64,
+            tx_bytes: s.tx_bytes as f64,
+            endpoint: s.endpoint,
+        })
+    }
+    /// Stop listening, end every connection, stop WireGuard. Idempotent: true the first time.
+    #[napi]
+    pub fn close(&self) -> bool {
+        self.inner.close()
+    }
+}
+
+/// Rootless mode: WireGuard in this process over a UDP socket, a userspace TCP/IP stack, and
+/// a local HTTP + SOCKS5 proxy on 127.0.0.1 that requires its random credentials. No root, no
+/// capability, no TUN device; nothing is created on the host. Resolves after the first
+/// handshake with the node. Use `openProxy` from the package (it wraps this).
+#[napi(
+    ts_args_type = "config: TunnelConfig, options?: { port?: number, handshakeTimeoutMs?: number }",
+    ts_return_type = "Promise<RootlessProxy>"
+)]
+pub fn open_proxy_native(
+    config: Unknown,
+    options: Option<Unknown>,
+) -> Result<AsyncTask<OpenProxyTask>> {
+    let mut raw = match to_input(&config, 0).map(|i| RawConfig::from_input(&i)) {
+        Ok(r) => r,
+        Err(e) => Err(WgError::invalid("config", e.reason.clone())),
+    };
+    let mut port = 0u16;
+    let mut handshake_timeout = crate::handshake::DEFAULT_TIMEOUT;
+    if let Some(opts) = options {
+        match opts.get_type()? {
+            ValueType::Undefined | ValueType::Null => {}
+            ValueType::Object => {
+                let obj = unsafe { opts.cast::<Object>()? };
+                if let Some(p) = obj.get::<Unknown>("port")? {
+                    match p.get_type()? {
+                        ValueType::Undefined | ValueType::Null => {}
+                        ValueType::Number => {
+                            let n = unsafe { p.cast::<f64>()? };
+                            if n.fract() != 0.0 || !(0.0..=65535.0).contains(&n) {
+                                raw = Err(WgError::invalid(
+                                    "options.port",
+                                    format!("must be a whole number from 0 to 65535, got {n}"),
+                                ));
+                            } else {
+                                port = n as u16;
+                            }
+                        }
+                        _ => raw = Err(WgError::invalid("options.port", "must be a number")),
+                    }
+                }
+                match handshake_timeout_arg(obj.get::<Unknown>("handshakeTimeoutMs")?.as_ref()) {
+                    Ok(Some(t)) => handshake_timeout = t,
+                    Ok(None) => {}
+                    Err(e) => raw = Err(e),
+                }
+            }
+            _ => raw = Err(WgError::invalid("options", "must be an object")),
+        }
+    }
+    Ok(AsyncTask::new(OpenProxyTask {
+        raw,
+        port,
+        handshake_timeout,
+    }))
+}

@@ -79,7 +79,7 @@ const KILL_BOUND_MS = 5000 // and for how long at most
 // ------------------------------------------------------------------------------------ args
 function parseArgs(argv) {
   const o = { runs: 25, json: null, sdkRuns: null, calls: 1000, killRuns: 20, idleMs: 2000, backend: process.env.BLUE_WG_BACKEND || 'auto', compare: true,
-    throughput: true, tputRuns: 3, tputSecs: 3, gapMs: 25 }
+    throughput: true, tputRuns: 3, tputSecs: 3, gapMs: 25, proxyRuns: 5, proxyBytes: 32 << 20 }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     const val = () => {
@@ -98,6 +98,8 @@ function parseArgs(argv) {
     else if (a === '--tput-runs') o.tputRuns = int(val(), a, 1)
     else if (a === '--tput-secs') o.tputSecs = int(val(), a, 1)
     else if (a === '--gap-ms') o.gapMs = int(val(), a, 0)
+    else if (a === '--proxy-runs') o.proxyRuns = int(val(), a, 0)
+    else if (a === '--proxy-bytes') o.proxyBytes = int(val(), a, 1)
     else if (a === '-h' || a === '--help') usage()
     else if (/^\d+$/.test(a)) o.runs = int(a, 'RUNS', 1)
     else usage(`unknown argument ${a}`)
@@ -113,7 +115,8 @@ function int(v, what, min) {
 function usage(msg) {
   if (msg) console.error(`bench: ${msg}`)
   console.error('usage: node testbed/bench.js [RUNS=25] [--json PATH] [--sdk-runs N] [--calls N] [--kill-runs N=20] [--idle-ms N=2000]\n' +
-    '                         [--backend auto|embedded|wg-quick] [--no-compare] [--no-throughput] [--tput-runs N=3] [--tput-secs N=3] [--gap-ms N=25]')
+    '                         [--backend auto|embedded|wg-quick] [--no-compare] [--no-throughput] [--tput-runs N=3] [--tput-secs N=3] [--gap-ms N=25]\n' +
+    '                         [--proxy-runs N=5] [--proxy-bytes N=33554432]')
   process.exit(msg ? 2 : 0)
 }
 
@@ -187,6 +190,7 @@ async function main() {
     const sdkRuns = []
     const tputs = []
     const ksRuns = []
+    const proxyRuns = []
     const kills = []
     let emergency = null
     let fp = null
@@ -213,6 +217,7 @@ async function main() {
         line(ev)
       } else if (ev.event === 'emergency') emergency = ev.samples
       else if (ev.event === 'ks') ksRuns.push(ev)
+      else if (ev.event === 'proxy') proxyRuns.push(ev)
       else if (ev.event === 'footprint') {
         fp = ev
         log('')
@@ -292,15 +297,14 @@ async function main() {
 
     // connect cycles: W and N take turns (W first on even runs, N first on odd ones), so a
     // drift of the machine over the bench weighs on both alike
-    // W and N share the first client key. A WireGuard responder (wireguard-go here, the
-    // kernel module alike) takes at most one handshake initiation per peer every 20 ms and
-    // drops the rest (flood protection); a connect within 20 ms of the key's last handshake
-    // waits for that window whatever the client does. Each cycle therefore starts --gap-ms
-    // (default 25) after the previous cycle on the same key ended (its handshake was earlier
-    // still); --gap-ms 0 measures back-to-back reconnects, window included.
+    // A WireGuard responder (wireguard-go here, the kernel module alike) takes at most one
+    // handshake initiation per peer every 20 ms and drops the rest (flood protection); a
+    // connect within 20 ms of its key's last handshake waits for that window whatever the
+    // client does. Each cycle therefore starts --gap-ms (default 25) after the previous cycle
+    // on the same key (W: client 0, Q: 1, N: 2) ended; --gap-ms 0 measures back-to-back.
     const lastEnd = new Map()
     const cycle = async (c, mode, i) => {
-      const key = c === Q ? 'client1' : 'client0'
+      const key = c === Q ? 'client1' : c === N ? 'client2' : 'client0'
       const wait = (lastEnd.get(key) ?? 0) + opt.gapMs - Date.now()
       if (wait > 0) await new Promise((r) => setTimeout(r, wait))
       await c.ask({ cmd: 'cycle', mode, i })
@@ -341,6 +345,8 @@ async function main() {
       if (xn.status !== 0) throw new Error(`bench child exited ${JSON.stringify(xn)}: ${c.stderr()}`)
     }
     for (let i = 0; i < Math.min(opt.runs, 15); i++) await W.ask({ cmd: 'ks', i })
+    // Rootless mode (openProxy) against the TUN path, in turns, on W's key.
+    for (let i = 0; i < opt.proxyRuns; i++) await W.ask({ cmd: 'proxy', i, bytes: opt.proxyBytes }, 120000)
     await W.ask({ cmd: 'emergency' })
     await W.ask({ cmd: 'footprint', idleMs: opt.idleMs }, opt.idleMs + 30000)
     for (let i = 0; i < opt.killRuns; i++) await W.ask({ cmd: 'kill', i }, KILL_BOUND_MS + 40000)
@@ -403,6 +409,15 @@ async function main() {
     add('ks.connect.with', 'full tunnel connect with killSwitch', ksRuns.map((r) => r.with))
     add('ks.connect.without', '  the same without (in turns)', ksRuns.map((r) => r.without))
     if (ksRuns.length) one('ks.connect.cost', '  kill switch cost on connect (paired Δ median)', stats(ksRuns.map((r) => r.with - r.without)).median, ksRuns.length)
+    if (proxyRuns.length) {
+      const mbit = { unit: 'Mbit/s', show: (v) => `${v.toFixed(0)} Mbit/s` }
+      add('proxy.open', 'rootless openProxy(): call -> ready (handshake)', proxyRuns.map((r) => r.openMs))
+      add('proxy.firstRequest', '  first HTTP request through it', proxyRuns.map((r) => r.firstRequestMs))
+      add('proxy.download', `  download of ${(opt.proxyBytes / 1048576).toFixed(0)} MiB through the proxy`, proxyRuns.map((r) => r.proxy.mbps), null, mbit)
+      add('proxy.tunDownload', '  the same through the TUN (embedded, in turns)', proxyRuns.map((r) => r.tun.mbps), null, mbit)
+      one('ratio.proxy.download', '  proxy / TUN download (medians; goal >= 30%)', stats(proxyRuns.map((r) => r.proxy.mbps)).median / stats(proxyRuns.map((r) => r.tun.mbps)).median,
+        proxyRuns.length, null, { unit: 'ratio', show: (v) => `${(v * 100).toFixed(1)}%` })
+    }
     add('split.disconnect', 'addon split tunnel: disconnect', pick('split', 'disconnectMs'), TARGETS.disconnect)
     add('full.disconnect', 'addon full tunnel: disconnect', pick('full', 'disconnectMs'), TARGETS.disconnect)
     const backendOf = (tag) => (runs.find((r) => r.tag === tag) || {}).backend

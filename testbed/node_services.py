@@ -56,7 +56,24 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path.startswith("/bytes/"):
             return self._bytes()
+        if self.path.startswith("/headers"):
+            return self._headers()
         self._reply(True)
+
+    def _headers(self):
+        """GET /headers...: the request's path and headers as JSON, offered keep-alive (what
+        a proxy in between passed on, and whether it let a connection be reused)."""
+        body = (json.dumps({
+            "client": self.client_address[0],
+            "path": self.path,
+            "headers": {k: v for k, v in self.headers.items()},
+        }) + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "keep-alive")
+        self.end_headers()
+        self.wfile.write(body)
 
     def _bytes(self):
         """GET /bytes/N: N bytes (at most 64 MiB), for counters that must grow by a download."""

@@ -35,3 +35,40 @@ export declare function watch(
   listener: (event: HealthEvent) => void,
   options?: WatchOptions,
 ): () => void
+
+/** Options of `openProxy`. */
+export interface ProxyOptions {
+  /** The port on 127.0.0.1 (default 0: a free one). A port in use: `INVALID_OPTIONS`. */
+  port?: number
+  /** As for `connect`: how long to wait for the first handshake (default 5000, 0 = none). */
+  handshakeTimeoutMs?: number
+}
+
+/** A running rootless proxy: what `openProxy` resolves with. */
+export interface RootlessProxyHandle {
+  /** `http://bw:<password>@127.0.0.1:<port>`: HTTP proxy (absolute-form and `CONNECT`). */
+  httpProxy: string
+  /** `socks5://bw:<password>@127.0.0.1:<port>`: SOCKS5, names resolved through the tunnel. */
+  socksProxy: string
+  /** The port both listen on (one listener; the protocol is told by the first byte). */
+  port: number
+  /** Time from the call to the first completed handshake, and to the proxy being ready, ms. */
+  handshakeMs: number
+  openMs: number
+  /** The node's counters, like `status()`'s; throws `WG_NOT_CONNECTED` once closed. */
+  stats(): ProxyStats
+  /** Stop listening, end its connections and WireGuard. Idempotent: true the first time. */
+  close(): boolean
+}
+
+/**
+ * Rootless mode: WireGuard inside this process over an ordinary UDP socket, a userspace
+ * TCP/IP stack, and a local proxy on 127.0.0.1 that speaks HTTP (absolute-form and
+ * `CONNECT`) and SOCKS5 (host names resolved by the tunnel's DNS, through the tunnel), and
+ * requires the random credentials in its URLs. Needs no root, no capability, no TUN device,
+ * and creates no interface, route or file. Takes the same config as `connect` (same
+ * validation and errors; `killSwitch` and `exclude` are refused); resolves after the first
+ * handshake with the node (`WG_NO_CONNECTIVITY` otherwise). Stops with `close()` or the process;
+ * it does not keep the event loop alive by itself.
+ */
+export declare function openProxy(config: TunnelConfig, options?: ProxyOptions): Promise<RootlessProxyHandle>

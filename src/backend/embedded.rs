@@ -50,14 +50,14 @@ const HANDSHAKE_GAP: Duration = Duration::from_millis(25);
 /// When this process last stopped a device for each node (by the node's public key).
 static LAST_STOP: Mutex<Vec<([u8; 32], Instant)>> = Mutex::new(Vec::new());
 
-pub(super) fn note_stop(node: [u8; 32]) {
+pub(crate) fn note_stop(node: [u8; 32]) {
     let mut v = LAST_STOP.lock().unwrap_or_else(|p| p.into_inner());
     v.retain(|(k, t)| *k != node && t.elapsed() < HANDSHAKE_GAP);
     v.push((node, Instant::now()));
 }
 
 /// Wait until `HANDSHAKE_GAP` has passed since the last device for `node` stopped.
-pub(super) fn wait_handshake_gap(node: [u8; 32]) {
+pub(crate) fn wait_handshake_gap(node: [u8; 32]) {
     let stopped = LAST_STOP
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -120,6 +120,24 @@ pub(super) fn rules_step(table: u32) -> StepReport {
 /// Wait (bounded) until the kernel has removed `name`; true when it is gone.
 fn wait_gone(name: &str) -> bool {
     cmd::wait_until(GONE_BOUND, || (!netdev::exists(name)).then_some(())).is_some()
+}
+
+/// The node as gotatun's peer: key, endpoint, allowed IPs, keepalive, preshared key.
+pub(crate) fn peer_of(
+    cfg: &TunnelConfig,
+    allowed: &[IpNet],
+    endpoint: std::net::SocketAddr,
+) -> Peer {
+    let mut peer = Peer::new(PublicKey::from(cfg.peer.public_key.0))
+        .with_endpoint(endpoint)
+        .with_allowed_ips(allowed.iter().map(network));
+    if cfg.peer.persistent_keepalive > 0 {
+        peer.keepalive = Some(cfg.peer.persistent_keepalive);
+    }
+    if let Some(psk) = &cfg.peer.preshared_key {
+        peer = peer.with_preshared_key(psk.0);
+    }
+    peer
 }
 
 fn network(n: &IpNet) -> ipnetwork::IpNetwork {
@@ -337,15 +355,7 @@ impl Backend for Embedded {
             .ok_or_else(|| WgError::setup("tun", format!("{} did not appear", cfg.name)))?;
 
         let peer_key = PublicKey::from(cfg.peer.public_key.0);
-        let mut peer = Peer::new(peer_key)
-            .with_endpoint(endpoint)
-            .with_allowed_ips(allowed.iter().map(network));
-        if cfg.peer.persistent_keepalive > 0 {
-            peer.keepalive = Some(cfg.peer.persistent_keepalive);
-        }
-        if let Some(psk) = &cfg.peer.preshared_key {
-            peer = peer.with_preshared_key(psk.0);
-        }
+        let peer = peer_of(cfg, &allowed, endpoint);
         wait_handshake_gap(cfg.peer.public_key.0);
         let mut builder = device::build()
             .with_default_udp()

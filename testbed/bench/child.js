@@ -26,6 +26,10 @@
 //                                (upload, then download with -R), the CPU time of the process
 //                                doing the WireGuard work around each transfer and its VmRSS
 //                                after them; event 'throughput' (see throughputRun)
+//   proxy {i, bytes}             rootless mode against the TUN path, in turns: openProxy()
+//                                (call -> resolved, after the handshake), a first GET through
+//                                it, a download of `bytes` through it; then connect() a split
+//                                tunnel and the same download through the TUN; event 'proxy'
 //   exit                         event 'done', exit 0
 // After every command it checks, untimed, that nothing is left (interface, rules, nft table,
 // key files, record and DNS state in the state dir, resolv.conf, wireguard-go, watchdog); a
@@ -485,6 +489,68 @@ async function emergency(calls) {
   return samples
 }
 
+/** GET `url` (optionally through an HTTP proxy, absolute form, with its credentials): bytes,
+ *  ms, Mbit/s of the body. */
+function download(url, proxy) {
+  const http = require('node:http')
+  const o = { agent: false, timeout: 30000 }
+  if (proxy) {
+    const u = new URL(proxy)
+    Object.assign(o, { host: u.hostname, port: Number(u.port), path: url,
+      headers: { 'Proxy-Authorization': 'Basic ' + Buffer.from(`${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}`).toString('base64') } })
+  } else {
+    const u = new URL(url)
+    Object.assign(o, { host: u.hostname, port: Number(u.port) || 80, path: u.pathname + u.search })
+  }
+  return new Promise((resolve, reject) => {
+    const t0 = now()
+    const req = http.get(o, (res) => {
+      let bytes = 0
+      res.on('data', (d) => (bytes += d.length))
+      res.on('end', () => {
+        const m = ms(t0)
+        if (res.statusCode !== 200) return reject(new Error(`GET ${url}: ${res.statusCode}`))
+        resolve({ bytes, ms: m, mbps: (bytes * 8) / (m * 1000) })
+      })
+    })
+    req.on('timeout', () => req.destroy(new Error('timeout')))
+    req.on('error', reject)
+  })
+}
+
+/** Rootless mode vs the TUN path (see `proxy` above); the order swaps run by run. */
+async function proxyRun(i, c) {
+  const cfg = plan.split
+  const big = `http://${new URL(plan.url).hostname}:8080/bytes/${c.bytes}`
+  const r = { i }
+  const viaProxy = async () => {
+    let t0 = now()
+    const p = await wg.openProxy(cfg)
+    r.openMs = ms(t0)
+    r.handshakeMs = p.handshakeMs
+    try {
+      t0 = now()
+      const first = await download(plan.url, p.httpProxy)
+      r.firstRequestMs = ms(t0)
+      if (first.bytes < 10) throw new Error(`proxy run ${i}: empty first answer`)
+      r.proxy = await download(big, p.httpProxy)
+      if (r.proxy.bytes !== c.bytes) throw new Error(`proxy run ${i}: ${r.proxy.bytes} of ${c.bytes} bytes`)
+    } finally {
+      if (!p.close()) throw new Error(`proxy run ${i}: close() said it was closed already`)
+    }
+  }
+  const viaTun = async () => {
+    const info = await wg.connect(cfg)
+    r.tun = await download(big)
+    if (r.tun.bytes !== c.bytes) throw new Error(`proxy run ${i}: TUN ${r.tun.bytes} of ${c.bytes} bytes`)
+    const rep = await wg.disconnect(info.name)
+    if (!rep || !rep.gone) throw new Error(`proxy run ${i}: disconnect did not finish`)
+    await settle(`proxy run ${i}`, info.name, [wg.configDir()])
+  }
+  for (const f of i % 2 ? [viaTun, viaProxy] : [viaProxy, viaTun]) await f()
+  return r
+}
+
 async function run(c) {
   switch (c.cmd) {
     case 'cycle': {
@@ -506,6 +572,9 @@ async function run(c) {
       break
     case 'throughput':
       say('throughput', await throughputRun(c.i, c))
+      break
+    case 'proxy':
+      say('proxy', await proxyRun(c.i, c))
       break
     case 'ks': {
       // The kill switch's cost on connect: a full tunnel (no DNS) with and without it, in turns.
