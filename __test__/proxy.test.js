@@ -250,3 +250,16 @@ test('a client that half-closes after its request still gets the whole answer (2
   assert.equal(h.bodyBytes, size, JSON.stringify(h))
   assert.equal(h.hadError, false)
 })
+
+test('close() during a transfer: the client sees its connection reset, not a clean end, and the port is closed', { skip }, async (t) => {
+  const size = 48 << 20
+  const r = run(t, { config: config(), steps: [{ op: 'cut', host: tb.httpTunnelHost, port: 8080, path: `/bytes/${size}`, afterBytes: 1 << 20 }] })
+  assert.equal((await r.exited).status, 0, r.a.stderr())
+  const [c] = r.ev('cut')
+  assert.ok(c.closedAt >= 1 << 20, JSON.stringify(c))
+  assert.ok(c.received < size, `the whole answer arrived after close(): ${JSON.stringify(c)}`)
+  assert.equal(c.error, 'ECONNRESET', `a cut answer must not end cleanly: ${JSON.stringify(c)}`)
+  const [closed] = r.ev('closed')
+  assert.equal(closed.first, false, 'close() in the step was the first')
+  assert.equal(r.ev('after-close')[0].refused, true)
+})

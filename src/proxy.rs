@@ -326,11 +326,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>) {
         let _ = client.set_nodelay(true);
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            let mut stop = ctx.shutdown.clone();
-            tokio::select! {
-                _ = serve(client, &ctx, permit) => {}
-                _ = stop.wait_for(|s| *s) => {}
-            }
+            let _ = serve(client, &ctx, permit).await;
         });
     }
 }
@@ -421,19 +417,23 @@ async fn serve(
     ctx: &Ctx,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> std::io::Result<()> {
-    let opened = tokio::time::timeout(PREAUTH_BOUND, async {
-        let mut first = [0u8; 1];
-        if client.peek(&mut first).await? == 0 {
-            return Ok(None);
-        }
-        if first[0] == 5 {
-            socks5(&mut client, ctx).await
-        } else {
-            http(&mut client, ctx).await
-        }
-    })
-    .await
-    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    // Until it is authenticated and routed, a client also ends with `close()`; after that,
+    // the stack going away ends its connection (with a reset, see `pump`).
+    let mut stop = ctx.shutdown.clone();
+    let opened = tokio::select! {
+        o = tokio::time::timeout(PREAUTH_BOUND, async {
+            let mut first = [0u8; 1];
+            if client.peek(&mut first).await? == 0 {
+                return Ok(None);
+            }
+            if first[0] == 5 {
+                socks5(&mut client, ctx).await
+            } else {
+                http(&mut client, ctx).await
+            }
+        }) => o.map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??,
+        _ = stop.wait_for(|s| *s) => None,
+    };
     drop(permit);
     match opened {
         Some((conn, head, mode)) => pump(client, conn, head, mode).await,
@@ -444,7 +444,12 @@ async fn serve(
 /// Copy bytes both ways until both sides are done. `head` goes to the tunnel first. A far end
 /// that ended without its FIN (reset, timeout, the proxy closed) ends the client's connection
 /// with a reset too, so a cut answer is never taken for a whole one.
-async fn pump(client: TcpStream, conn: TcpConn, head: Vec<u8>, mode: Mode) -> std::io::Result<()> {
+async fn pump(
+    mut client: TcpStream,
+    conn: TcpConn,
+    head: Vec<u8>,
+    mode: Mode,
+) -> std::io::Result<()> {
     let TcpConn {
         mut from_tunnel,
         to_tunnel,
@@ -452,40 +457,45 @@ async fn pump(client: TcpStream, conn: TcpConn, head: Vec<u8>, mode: Mode) -> st
         wake,
     } = conn;
     let one_request = matches!(mode, Mode::OneRequest);
-    let answered = Arc::new(AtomicBool::new(false));
-    let client_done = Arc::new(tokio::sync::Notify::new());
-    let (mut rd, mut wr) = client.into_split();
-    let (w1, a1, cd) = (wake.clone(), answered.clone(), client_done.clone());
-    let up = async move {
+    let answered = AtomicBool::new(false);
+    let client_done = tokio::sync::Notify::new();
+    // Set when the far end's side ended without its FIN: the client gets a reset.
+    let cut = tokio::sync::Notify::new();
+    let reset = AtomicBool::new(false);
+    // Borrowed halves: dropping them closes nothing, so the socket is closed once, below,
+    // with or without a reset.
+    let (mut rd, mut wr) = client.split();
+    let up = async {
         if !head.is_empty() {
             if to_tunnel.send(head).await.is_err() {
                 return;
             }
-            w1.notify_one();
+            wake.notify_one();
         }
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    // One request: what the client sends after the answer began is not for
-                    // this origin (a keep-alive client's next request); it is dropped.
-                    if one_request && a1.load(Ordering::Acquire) {
-                        continue;
-                    }
-                    if to_tunnel.send(buf[..n].to_vec()).await.is_err() {
-                        break;
-                    }
-                    w1.notify_one();
-                }
+            let n = tokio::select! {
+                r = rd.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                },
+                _ = cut.notified() => break,
+            };
+            // One request: what the client sends after the answer began is not for this
+            // origin (a keep-alive client's next request); it is dropped.
+            if one_request && answered.load(Ordering::Acquire) {
+                continue;
             }
+            if to_tunnel.send(buf[..n].to_vec()).await.is_err() {
+                break;
+            }
+            wake.notify_one();
         }
         drop(to_tunnel);
-        w1.notify_one();
-        cd.notify_one();
+        wake.notify_one();
+        client_done.notify_one();
     };
-    let w2 = wake;
-    let down = async move {
+    let down = async {
         let mut head_pending = one_request.then(Vec::new);
         let mut client_gone = false;
         loop {
@@ -504,7 +514,7 @@ async fn pump(client: TcpStream, conn: TcpConn, head: Vec<u8>, mode: Mode) -> st
                 }
             };
             let Some(chunk) = next else { break };
-            w2.notify_one();
+            wake.notify_one();
             answered.store(true, Ordering::Release);
             let out = match head_pending.as_mut() {
                 None => chunk,
@@ -515,11 +525,8 @@ async fn pump(client: TcpStream, conn: TcpConn, head: Vec<u8>, mode: Mode) -> st
                             head_pending = None;
                             out
                         }
-                        None if h.len() > MAX_HEAD => {
-                            // Not an HTTP answer we can vouch for: end it.
-                            let _ = wr.as_ref().set_zero_linger();
-                            return;
-                        }
+                        // Not an HTTP answer we can vouch for: end it.
+                        None if h.len() > MAX_HEAD => break,
                         None => continue,
                     }
                 }
@@ -528,16 +535,21 @@ async fn pump(client: TcpStream, conn: TcpConn, head: Vec<u8>, mode: Mode) -> st
                 break;
             }
         }
-        drop(from_tunnel);
-        w2.notify_one();
-        if clean_eof.load(Ordering::Acquire) {
+        from_tunnel.close();
+        wake.notify_one();
+        if head_pending.is_none() && clean_eof.load(Ordering::Acquire) {
             let _ = wr.shutdown().await;
         } else {
-            // Dropping the socket with a zero linger sends a reset.
-            let _ = wr.as_ref().set_zero_linger();
+            reset.store(true, Ordering::Release);
+            cut.notify_one();
         }
     };
     tokio::join!(up, down);
+    if reset.load(Ordering::Acquire) {
+        // Closing the socket with a zero linger sends a reset.
+        let _ = client.set_zero_linger();
+    }
+    drop(client);
     Ok(())
 }
 

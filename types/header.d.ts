@@ -52,7 +52,8 @@ export interface RootlessProxyHandle {
   socksProxy: string
   /** The port both listen on (one listener; the protocol is told by the first byte). */
   port: number
-  /** Time from the call to the first completed handshake, and to the proxy being ready, ms. */
+  /** From the device's start to its first completed handshake, and from the call to the
+   *  proxy being ready, ms. */
   handshakeMs: number
   openMs: number
   /** The node's counters, like `status()`'s; throws `WG_NOT_CONNECTED` once closed. */
