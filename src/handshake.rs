@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
-use crate::backend::Tunnel;
+use crate::backend::{Stats, Tunnel};
 use crate::cmd;
 use crate::config::TunnelConfig;
 use crate::error::{Result, WgError};
@@ -119,33 +119,35 @@ pub fn wait(tunnel: &dyn Tunnel, cfg: &TunnelConfig, bound: Duration) -> Result<
         last = Some(s);
         done.then(Instant::now)
     });
-    seen.ok_or_else(|| {
-        let detail = match &last {
-            None => {
-                return WgError::setup(
-                    "handshake",
-                    format!(
-                        "the handshake state of {} could not be read, so the node's answer \
-                         cannot be verified; pass handshakeTimeoutMs: 0 to skip the check",
-                        cfg.name
-                    ),
-                )
-            }
-            Some(s) if s.rx_bytes == 0 => {
-                format!("no reply at all; {} bytes sent", s.tx_bytes)
-            }
-            Some(s) => format!(
-                "{} bytes came back but no handshake completed: a reply our keys do not \
-                 match",
-                s.rx_bytes
+    seen.ok_or_else(|| match &last {
+        None => WgError::setup(
+            "handshake",
+            format!(
+                "the handshake state of {} could not be read, so the node's answer \
+                 cannot be verified; pass handshakeTimeoutMs: 0 to skip the check",
+                cfg.name
             ),
-        };
-        WgError::NoConnectivity {
-            endpoint: cfg.peer.endpoint.to_string(),
-            waited_ms: bound.as_millis() as u64,
-            detail,
-        }
+        ),
+        Some(s) => no_connectivity(cfg, bound, s),
     })
+}
+
+/// `WG_NO_CONNECTIVITY` for a node that did not complete a handshake within `bound`, saying
+/// what the device saw (`last`: its counters when the wait ended).
+pub fn no_connectivity(cfg: &TunnelConfig, bound: Duration, last: &Stats) -> WgError {
+    let detail = if last.rx_bytes == 0 {
+        format!("no reply at all; {} bytes sent", last.tx_bytes)
+    } else {
+        format!(
+            "{} bytes came back but no handshake completed: a reply our keys do not match",
+            last.rx_bytes
+        )
+    };
+    WgError::NoConnectivity {
+        endpoint: cfg.peer.endpoint.to_string(),
+        waited_ms: bound.as_millis() as u64,
+        detail,
+    }
 }
 
 #[cfg(test)]

@@ -208,18 +208,9 @@ impl Proxy {
         if seen.is_some() {
             return Ok(t.elapsed().as_secs_f64() * 1000.0);
         }
-        let detail = match &last {
-            Some(s) if s.rx_bytes > 0 => format!(
-                "{} bytes came back but no handshake completed: a reply our keys do not match",
-                s.rx_bytes
-            ),
-            Some(s) => format!("no reply at all; {} bytes sent", s.tx_bytes),
-            None => "the device's state could not be read".into(),
-        };
-        Err(WgError::NoConnectivity {
-            endpoint: cfg.peer.endpoint.to_string(),
-            waited_ms: bound.as_millis() as u64,
-            detail,
+        Err(match &last {
+            Some(s) => crate::handshake::no_connectivity(cfg, bound, s),
+            None => WgError::setup("handshake", "the device's state could not be read"),
         })
     }
 
@@ -229,17 +220,7 @@ impl Proxy {
         let dev = guard
             .as_ref()
             .ok_or_else(|| WgError::NotConnected("the proxy is closed".into()))?;
-        let peers = self.runtime.block_on(dev.peers());
-        let p = peers
-            .into_iter()
-            .find(|p| p.peer.public_key == self.peer)
-            .ok_or_else(|| WgError::setup("stats", "the peer is gone"))?;
-        Ok(Stats {
-            last_handshake_ms: p.stats.last_handshake.map(|d| d.as_secs_f64() * 1000.0),
-            rx_bytes: p.stats.rx_bytes as u64,
-            tx_bytes: p.stats.tx_bytes as u64,
-            endpoint: p.peer.endpoint.map(|e| e.to_string()),
-        })
+        crate::backend::embedded::peer_stats(&self.runtime, dev, &self.peer)
     }
 
     /// Stop listening, end every connection (the clients see a reset), stop the device; it

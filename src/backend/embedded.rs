@@ -122,6 +122,25 @@ fn wait_gone(name: &str) -> bool {
     cmd::wait_until(GONE_BOUND, || (!netdev::exists(name)).then_some(())).is_some()
 }
 
+/// The node's counters as a gotatun device (of any transports) reports them.
+pub(crate) fn peer_stats<T: gotatun::device::DeviceTransports>(
+    runtime: &tokio::runtime::Handle,
+    dev: &Device<T>,
+    peer: &PublicKey,
+) -> Result<Stats> {
+    let p = runtime
+        .block_on(dev.peers())
+        .into_iter()
+        .find(|p| p.peer.public_key == *peer)
+        .ok_or_else(|| WgError::setup("stats", "the peer is gone"))?;
+    Ok(Stats {
+        last_handshake_ms: p.stats.last_handshake.map(|d| d.as_secs_f64() * 1000.0),
+        rx_bytes: p.stats.rx_bytes as u64,
+        tx_bytes: p.stats.tx_bytes as u64,
+        endpoint: p.peer.endpoint.map(|e| e.to_string()),
+    })
+}
+
 /// The node as gotatun's peer: key, endpoint, allowed IPs, keepalive, preshared key.
 pub(crate) fn peer_of(
     cfg: &TunnelConfig,
@@ -199,17 +218,7 @@ impl Tunnel for EmbeddedTunnel {
         let dev = guard
             .as_ref()
             .ok_or_else(|| WgError::setup("stats", "the tunnel is stopped"))?;
-        let peers = self.runtime.block_on(dev.peers());
-        let p = peers
-            .into_iter()
-            .find(|p| p.peer.public_key == self.peer)
-            .ok_or_else(|| WgError::setup("stats", "the peer is gone"))?;
-        Ok(Stats {
-            last_handshake_ms: p.stats.last_handshake.map(|d| d.as_secs_f64() * 1000.0),
-            rx_bytes: p.stats.rx_bytes as u64,
-            tx_bytes: p.stats.tx_bytes as u64,
-            endpoint: p.peer.endpoint.map(|e| e.to_string()),
-        })
+        peer_stats(&self.runtime, dev, &self.peer)
     }
 
     /// gotatun is asked directly: it sends an initiation unless one is under way, and its
