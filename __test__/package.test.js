@@ -437,6 +437,22 @@ test('without the platform binary: a coded error naming the platform, and compat
   assert.equal(out.teardown.existed, false)
 })
 
+test('the published root installs on any OS and CPU npm knows (its binaries are optional)', () => {
+  assert.ok(PUBLISHED, 'the tarball was packed')
+  for (const [osName, cpu] of [['win32', 'x64'], ['darwin', 'arm64'], ['freebsd', 'x64'], ['linux', 'riscv64']]) {
+    const dir = path.join(ROOT, `any-${osName}-${cpu}`)
+    fs.mkdirSync(dir)
+    fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: 'any', version: '1.0.0', private: true }))
+    npm(['install', PUBLISHED, `--os=${osName}`, `--cpu=${cpu}`, '--no-audit', '--no-fund', '--offline', '--loglevel=error'], {
+      cwd: dir,
+      env: cleanEnv({ PATH: NPM_PATH, npm_config_update_notifier: 'false' }),
+      timeout: 45000,
+    })
+    const installed = fs.readdirSync(path.join(dir, 'node_modules')).filter((n) => !n.startsWith('.'))
+    assert.deepEqual(installed, ['blue-wireguard'], `${osName}/${cpu}: the root alone is installed`)
+  }
+})
+
 test('a TypeScript consumer of every export type-checks against the installed tarball', () => {
   assert.ok(fs.existsSync(TSC), 'typescript is installed (devDependency)')
   // Its own app, so this test does not depend on the runtime ones.
