@@ -25,7 +25,8 @@ async function main(argv) {
   }
   const script = path.resolve(argv[0])
   console.error('try: bringing a testbed up (~1 s)')
-  const tb = await testbed.up({ nclients: 1 })
+  // wgsent0, the default name: `down` also removes a stale wireguard-go socket of it (wg-quick backend)
+  const tb = await testbed.up({ nclients: 1, clientIfnames: ['wgsent0'] })
   // require('blue-wireguard') from anywhere: a node_modules that holds only this checkout
   const modules = fs.mkdtempSync(path.join(os.tmpdir(), 'bw-try-'))
   fs.mkdirSync(path.join(modules, 'node_modules'))
