@@ -24,9 +24,10 @@ function check(file) {
   return spawnSync(process.execPath, ['--check', file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 20000 })
 }
 
-test("the README's JavaScript blocks parse as written, as CommonJS and as ESM", () => {
-  const blocks = [...README.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1])
-  assert.ok(blocks.length >= 3, `found ${blocks.length} js blocks`)
+test("the READMEs' JavaScript blocks (README.md, ai-path/) parse as written, as CommonJS and as ESM", () => {
+  const aiPath = fs.readFileSync(path.join(REPO, 'ai-path', 'README.md'), 'utf8')
+  const blocks = [...(README + aiPath).matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1])
+  assert.ok(blocks.length >= 4, `found ${blocks.length} js blocks`)
   const dir = tmp()
   try {
     blocks.forEach((code, i) => {
