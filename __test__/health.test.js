@@ -208,7 +208,7 @@ test(`update: split -> full -> split in place (${DEFAULT_BACKEND}): same interfa
   assert.ok(full.ms < 200 * SLOW, `split -> full took ${full.ms} ms`)
   a.child.kill('SIGUSR2')
   const back = (await a.waitFor((e) => e.event === 'updated' && e !== full, 'second update'))
-  await a.waitFor((e, i) => e.event === 'paused' && a.events.filter((x) => x.event === 'paused').length === 2, 'second pause')
+  await a.waitFor((e) => e.event === 'paused' && a.events.filter((x) => x.event === 'paused').length === 2, 'second pause')
   assert.equal(back.info.fullTunnel, false)
   assert.equal(back.status.index, c.status.index)
   assert.doesNotMatch(await rules(), /fwmark|suppress_prefixlength/)

@@ -119,8 +119,8 @@ function nsProcesses(tb, ino = nsInode(tb)) {
       continue // gone, or a zombie (its namespaces are already released)
     }
     if (st.ino !== ino || procGone(p)) continue
-    let stat = ''
-    let cmdline = ''
+    let stat
+    let cmdline
     try {
       stat = fs.readFileSync(`/proc/${p}/stat`, 'utf8')
       cmdline = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').join(' ').trim()

@@ -1,9 +1,13 @@
 'use strict'
-// Packaging: `npm pack` gives a tarball that installs, with no Rust toolchain, into a fresh
-// ESM app and a fresh CommonJS app; both load 'blue-wireguard' and 'blue-wireguard/compat'
-// and call the read-only functions. Without the platform binary the package throws a coded
-// error while the compat module still loads (WG_AVAILABLE false). A TypeScript consumer of
-// every export type-checks against the installed tarball.
+// Packaging, napi-rs style: `npm pack` of the root gives the JS, the types and ai-path/ (no
+// binary); the binary and its watchdog come in the platform package (npm/<platform>/, here
+// linux-x64-gnu staged from this machine's build by scripts/build-targets.js), which the
+// published root lists as an optionalDependency (`--prepublish`, npm's prepublishOnly). Both
+// tarballs install, with no Rust toolchain and offline, into a fresh ESM app and a fresh
+// CommonJS app; both load 'blue-wireguard' and 'blue-wireguard/compat' and call the
+// read-only functions. Without the platform package the root throws a coded error while the
+// compat module still loads (WG_AVAILABLE false). A TypeScript consumer of every export
+// type-checks against the installed tarball.
 //
 // The apps run in a throwaway network namespace (`unshare --net`) with a private TMPDIR, and
 // call only read-only functions: nothing here brings a tunnel up or touches the host's network.
@@ -19,6 +23,8 @@ const REPO = path.join(__dirname, '..')
 const PKG = require('../package.json')
 const BINARY = 'blue-wireguard.linux-x64-gnu.node'
 const PLATFORM = 'linux-x64-gnu'
+const PLATFORM_PKG = `blue-wireguard-${PLATFORM}`
+const { writeDir, writeRootOptionalDeps } = require('../scripts/build-targets.js')
 const IS_ROOT = typeof process.getuid === 'function' && process.getuid() === 0
 const TSC = path.join(REPO, 'node_modules', 'typescript', 'bin', 'tsc')
 
@@ -129,7 +135,9 @@ function sha256(file) {
 }
 
 let ROOT // every temp dir of this suite lives under it
-let TARBALL
+let TARBALL // `npm pack` of the repository
+let PUBLISHED // the same with the optionalDependencies `npm publish` adds (prepublishOnly)
+let PLATFORM_TARBALL // the linux-x64-gnu package
 let NPM_PATH // PATH given to `npm install`: no cargo, no rustc
 
 before(() => {
@@ -145,8 +153,8 @@ after(() => {
 
 /** Create an empty app (ESM with type 'module', else CommonJS) and install the tarball into
  *  it with the Rust toolchain off PATH and without the registry. */
-function freshApp(name, type) {
-  assert.ok(TARBALL, 'the tarball was packed')
+function freshApp(name, type, { binary = true } = {}) {
+  assert.ok(PUBLISHED && PLATFORM_TARBALL, 'the tarballs were packed')
   const dir = path.join(ROOT, name)
   fs.mkdirSync(dir)
   const pkg = { name, version: '1.0.0', private: true, description: 'blue-wireguard package test app' }
@@ -154,7 +162,8 @@ function freshApp(name, type) {
   fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify(pkg, null, 2))
   const env = cleanEnv({ PATH: NPM_PATH, npm_config_update_notifier: 'false' })
   assert.ok(!hasExe(NPM_PATH.split(path.delimiter), 'cargo'), 'cargo is not on the install PATH')
-  npm(['install', TARBALL, '--no-audit', '--no-fund', '--offline', '--loglevel=error'], {
+  const tarballs = binary ? [PUBLISHED, PLATFORM_TARBALL] : [PUBLISHED]
+  npm(['install', ...tarballs, '--no-audit', '--no-fund', '--offline', '--loglevel=error'], {
     cwd: dir,
     env,
     timeout: 45000,
@@ -166,10 +175,12 @@ function freshApp(name, type) {
 
 /** The checks common to both apps: the installed package is the prebuilt one. */
 function assertInstalledPrebuilt(installed) {
-  const node = path.join(installed, BINARY)
-  assert.ok(fs.existsSync(node), `${BINARY} is in the installed package`)
+  const platformDir = path.join(installed, '..', PLATFORM_PKG)
+  const node = path.join(platformDir, BINARY)
+  assert.ok(fs.existsSync(node), `${BINARY} is in the installed ${PLATFORM_PKG}`)
+  assert.ok(!fs.existsSync(path.join(installed, BINARY)), 'no binary in the root package')
   assert.equal(sha256(node), sha256(path.join(REPO, BINARY)), 'the .node is the prebuilt one, not rebuilt')
-  const wd = fs.statSync(path.join(installed, 'blue-wg-watchdog'))
+  const wd = fs.statSync(path.join(platformDir, 'blue-wg-watchdog'))
   assert.ok(wd.mode & 0o111, 'blue-wg-watchdog is executable once installed')
   // Nothing was built: no build output and no install step that could build.
   assert.ok(!fs.existsSync(path.join(installed, 'target')), 'no target/ in the installed package')
@@ -266,7 +277,7 @@ import('blue-wireguard/compat').then((esmCompat) => {
 })
 `
 
-test('npm pack ships the JS, the types, the prebuilt binary and the watchdog, and nothing else', () => {
+test('npm pack ships the JS, the types and ai-path/; the platform package the binary and the watchdog', () => {
   assert.ok(fs.existsSync(path.join(REPO, BINARY)), `${BINARY} is built (npm run build)`)
   const dest = path.join(ROOT, 'pack')
   fs.mkdirSync(dest)
@@ -287,14 +298,16 @@ test('npm pack ships the JS, the types, the prebuilt binary and the watchdog, an
     entries.set(file.slice('package/'.length), cols[0])
   }
   const files = [...entries.keys()]
-  for (const f of ['package.json', 'index.js', 'index.d.ts', 'binding.js', 'compat.mjs', 'compat.d.ts', 'compat.d.mts', 'lib/load.js', 'lib/compat.js', 'lib/hooks.js', BINARY, 'blue-wg-watchdog']) {
+  for (const f of ['package.json', 'index.js', 'index.d.ts', 'binding.js', 'compat.mjs', 'compat.d.ts', 'compat.d.mts', 'lib/load.js', 'lib/compat.js', 'lib/hooks.js', 'ai-path/README.md', 'ai-path/FAILURES.md']) {
     assert.ok(entries.has(f), `the tarball holds ${f} (it holds ${files.join(', ')})`)
   }
   for (const f of fs.readdirSync(path.join(REPO, 'lib')).filter((f) => f.endsWith('.js'))) {
     assert.ok(entries.has(`lib/${f}`), `the tarball holds lib/${f}`)
   }
-  assert.match(entries.get('blue-wg-watchdog'), /^-rwx/, 'blue-wg-watchdog is executable in the tarball')
-  for (const dir of ['src/', 'target/', '__test__/', 'testbed/', 'scripts/', 'node_modules/', 'ai-path/']) {
+  assert.deepEqual(files.filter((f) => f.endsWith('.node') || f === 'blue-wg-watchdog'), [], 'no binary in the root tarball')
+  assert.equal(PKG.os, undefined, 'the root installs on every OS (no "os")')
+  assert.equal(PKG.cpu, undefined, 'the root installs on every CPU (no "cpu")')
+  for (const dir of ['src/', 'target/', '__test__/', 'testbed/', 'scripts/', 'node_modules/', 'npm/']) {
     assert.deepEqual(files.filter((f) => f.startsWith(dir)), [], `no ${dir} in the tarball`)
   }
   for (const f of ['Cargo.toml', 'Cargo.lock', 'build.rs', 'package-lock.json']) {
@@ -308,13 +321,46 @@ test('npm pack ships the JS, the types, the prebuilt binary and the watchdog, an
   for (const t of [...targets, `./${PKG.main}`, `./${PKG.types}`]) {
     assert.ok(entries.has(t.replace(/^\.\//, '')), `exports/main/types target ${t} is in the tarball`)
   }
+
+  // As published: prepublishOnly adds the platform packages as optionalDependencies.
+  const unpacked = path.join(ROOT, 'published')
+  fs.mkdirSync(unpacked)
+  run('tar', ['-xzf', TARBALL, '-C', unpacked])
+  writeRootOptionalDeps(path.join(unpacked, 'package', 'package.json'))
+  const pub = require(path.join(unpacked, 'package', 'package.json'))
+  assert.equal(pub.optionalDependencies[PLATFORM_PKG], PKG.version)
+  assert.equal(Object.keys(pub.optionalDependencies).length, 4, 'four platform packages')
+  const pubDest = path.join(ROOT, 'pack-published')
+  fs.mkdirSync(pubDest)
+  const rp = npm(['pack', path.join(unpacked, 'package'), '--pack-destination', pubDest, '--json', '--loglevel=error'], { cwd: ROOT, timeout: 45000 })
+  PUBLISHED = path.join(pubDest, JSON.parse(rp.stdout)[0].filename)
+
+  // The platform package, staged as build:all would make it, from this machine's build.
+  const platDir = path.join(ROOT, 'platform')
+  writeDir(PLATFORM, platDir)
+  fs.copyFileSync(path.join(REPO, BINARY), path.join(platDir, BINARY))
+  fs.copyFileSync(path.join(REPO, 'blue-wg-watchdog'), path.join(platDir, 'blue-wg-watchdog'))
+  fs.chmodSync(path.join(platDir, 'blue-wg-watchdog'), 0o755)
+  const platMeta = require(path.join(platDir, 'package.json'))
+  assert.deepEqual([platMeta.os, platMeta.cpu, platMeta.libc], [['linux'], ['x64'], ['glibc']])
+  assert.equal(platMeta.main, BINARY)
+  const pp = npm(['pack', platDir, '--pack-destination', dest, '--json', '--loglevel=error'], { cwd: ROOT, timeout: 45000 })
+  PLATFORM_TARBALL = path.join(dest, JSON.parse(pp.stdout)[0].filename)
+  const platEntries = new Map(
+    run('tar', ['-tvzf', PLATFORM_TARBALL]).stdout.trim().split('\n').map((l) => {
+      const cols = l.trim().split(/\s+/)
+      return [cols[cols.length - 1].replace(/^package\//, ''), cols[0]]
+    }),
+  )
+  assert.deepEqual([...platEntries.keys()].sort(), ['README.md', BINARY, 'blue-wg-watchdog', 'package.json'].sort())
+  assert.match(platEntries.get('blue-wg-watchdog'), /^-rwx/, 'blue-wg-watchdog is executable in the tarball')
 })
 
 test('a fresh ESM app installs the tarball without Rust and uses both entries', { skip: !IS_ROOT && 'needs root for unshare --net' }, (t) => {
   const { dir, installed } = freshApp('esm-app', 'module')
   assertInstalledPrebuilt(installed)
   const lock = JSON.parse(fs.readFileSync(path.join(dir, 'package-lock.json'), 'utf8'))
-  assert.deepEqual(Object.keys(lock.packages).filter(Boolean), ['node_modules/blue-wireguard'], 'no dependency pulled in')
+  assert.deepEqual(Object.keys(lock.packages).filter(Boolean), ['node_modules/blue-wireguard', `node_modules/${PLATFORM_PKG}`], 'no dependency pulled in')
   fs.writeFileSync(path.join(dir, 'app.mjs'), ESM_APP)
   const out = runApp(dir, 'app.mjs')
   t.diagnostic(`ESM app: status ${JSON.stringify(out.status)}; compat ${JSON.stringify(out.values)}`)
@@ -356,8 +402,8 @@ console.log(JSON.stringify(out))
 `
 
 test('without the platform binary: a coded error naming the platform, and compat still loads', { skip: !IS_ROOT && 'needs root for unshare --net' }, (t) => {
-  const { dir, installed } = freshApp('nobin-app', 'module')
-  fs.rmSync(path.join(installed, BINARY))
+  const { dir, installed } = freshApp('nobin-app', 'module', { binary: false })
+  assert.ok(!fs.existsSync(path.join(installed, '..', PLATFORM_PKG)), 'no platform package installed')
   fs.writeFileSync(path.join(dir, 'app.mjs'), NOBIN_APP)
   const out = runApp(dir, 'app.mjs')
   t.diagnostic(`require: ${out.require.code}: ${out.require.message}`)
@@ -389,6 +435,25 @@ test('without the platform binary: a coded error naming the platform, and compat
   assert.deepEqual(out.disconnect, { resolved: null }, 'disconnectWireGuard resolves')
   assert.equal(out.teardown.name, 'wgsent0')
   assert.equal(out.teardown.existed, false)
+})
+
+// npm installs a tarball given by path even when its own "os" does not match (tried: npm 11),
+// so the absence of "os"/"cpu" is asserted on package.json above; this checks that on other
+// platforms the root installs offline, alone: no platform package is needed or pulled in.
+test('the published root installs alone on win32, darwin, freebsd, linux/riscv64 (npm --os/--cpu)', () => {
+  assert.ok(PUBLISHED, 'the tarball was packed')
+  for (const [osName, cpu] of [['win32', 'x64'], ['darwin', 'arm64'], ['freebsd', 'x64'], ['linux', 'riscv64']]) {
+    const dir = path.join(ROOT, `any-${osName}-${cpu}`)
+    fs.mkdirSync(dir)
+    fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: 'any', version: '1.0.0', private: true }))
+    npm(['install', PUBLISHED, `--os=${osName}`, `--cpu=${cpu}`, '--no-audit', '--no-fund', '--offline', '--loglevel=error'], {
+      cwd: dir,
+      env: cleanEnv({ PATH: NPM_PATH, npm_config_update_notifier: 'false' }),
+      timeout: 45000,
+    })
+    const installed = fs.readdirSync(path.join(dir, 'node_modules')).filter((n) => !n.startsWith('.'))
+    assert.deepEqual(installed, ['blue-wireguard'], `${osName}/${cpu}: the root alone is installed`)
+  }
 })
 
 test('a TypeScript consumer of every export type-checks against the installed tarball', () => {

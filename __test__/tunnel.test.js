@@ -5,7 +5,7 @@ const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const path = require('node:path')
 const testbed = require('../testbed')
-const { tmpdir, startAgent, runAgent, assertClean, resolvConfPath, linkExists, stateDir } = require('./helpers')
+const { tmpdir, startAgent, runAgent, assertClean, resolvConfPath, stateDir } = require('./helpers')
 
 const FULL = ['0.0.0.0/0', '::/0']
 let tb

@@ -36,10 +36,6 @@ function unavailable() {
   return e
 }
 
-function nameOf(confPath) {
-  return path.basename(String(confPath)).replace(/\.conf$/, '')
-}
-
 /**
  * Bring a tunnel up from a config file the SDK wrote. Removes a leftover tunnel of the same
  * name first, refuses any key outside those the SDK writes (PostUp & co.) before anything
@@ -62,7 +58,7 @@ async function installWgTunnel(confPath, options) {
 async function uninstallWgTunnel(name) {
   const target = name || (active && active.name)
   if (!target || !wg) return
-  let report = null
+  let report
   try {
     report = await wg.disconnect(target)
   } catch (e) {

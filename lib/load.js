@@ -1,6 +1,9 @@
 'use strict'
 // Load the native binding, turning "no binary for this platform" into a coded error.
 
+/** The platform packages `npm run build:all` makes (scripts/build-targets.js). */
+const PREBUILT = ['linux-x64-gnu', 'linux-arm64-gnu', 'linux-x64-musl', 'linux-arm64-musl']
+
 function platformName() {
   let abi = ''
   if (process.platform === 'linux') {
@@ -15,7 +18,8 @@ function loadBinding() {
     return require('../binding.js')
   } catch (cause) {
     const err = new Error(
-      `blue-wireguard has no native binary for ${platformName()} (prebuilt: linux-x64-gnu); ` +
+      `blue-wireguard has no native binary for ${platformName()} (prebuilt: ${PREBUILT.join(', ')}, ` +
+        'each in its package blue-wireguard-<platform>, an optional dependency npm installs where it fits); ' +
         'WireGuard tunnels are not available on this platform',
       { cause },
     )
@@ -25,4 +29,4 @@ function loadBinding() {
   }
 }
 
-module.exports = { loadBinding, platformName }
+module.exports = { loadBinding, platformName, PREBUILT }

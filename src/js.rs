@@ -155,10 +155,12 @@ pub struct ConnectOptions {
     /// Called at each step of bring-up: `validate`, `preflight`, `state-dir` (the namespace's
     /// state directory), `sweep` (only when dead owners' leftovers were removed), `converge`
     /// (only when a leftover of the same name was removed), `owner-record`, `write-config`
-    /// (wg-quick backend only), `interface-up`, `routing` (embedded backend), `kernel-ready`,
+    /// (wg-quick backend only), `interface-up`, `routing` (native backends), `kernel-ready`,
     /// `exclude` and `kill-switch` (when asked for), `handshake` (the first completed
     /// handshake with the node), `dns` (when DNS is applied),
-    /// `ready`. `resolve` comes after `validate` when the endpoint is a host name.
+    /// `ready`. `resolve` comes after `validate` when the endpoint (or an `exclude` entry) is
+    /// a host name. A connect done in place (same tunnel again): `validate`, `update`,
+    /// `handshake`.
     #[napi(ts_type = "(step: string, detail: string) => void")]
     pub on_progress: Option<()>,
     /// Which backend brings the tunnel up: `auto` (the default, or `BLUE_WG_BACKEND`):
@@ -244,6 +246,12 @@ pub struct StepTime {
     pub ms: f64,
 }
 
+/// A duration for JavaScript, rounded to 0.01 ms (what the clocks and the numbers mean);
+/// the core keeps full precision.
+fn round_ms(ms: f64) -> f64 {
+    (ms * 100.0).round() / 100.0
+}
+
 /// What `connect` brought up.
 #[napi(object)]
 pub struct TunnelInfo {
@@ -320,7 +328,7 @@ impl From<CoreReport> for TeardownReport {
                     ran: s.ran,
                     ok: s.ok,
                     detail: s.detail,
-                    elapsed_ms: s.elapsed_ms,
+                    elapsed_ms: round_ms(s.elapsed_ms),
                 })
                 .collect(),
             config_removed: r.config_removed,
@@ -472,12 +480,15 @@ fn resolve_info(
             watchdog_pid: i.watchdog_pid,
             kill_switch: i.kill_switch,
             exclude: i.exclude,
-            connect_ms: i.connect_ms,
-            handshake_ms: i.handshake_ms,
+            connect_ms: round_ms(i.connect_ms),
+            handshake_ms: i.handshake_ms.map(round_ms),
             steps: i
                 .steps
                 .into_iter()
-                .map(|(step, ms)| StepTime { step, ms })
+                .map(|(step, ms)| StepTime {
+                    step,
+                    ms: round_ms(ms),
+                })
                 .collect(),
         })
     }

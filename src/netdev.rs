@@ -45,14 +45,14 @@ pub fn link_state(name: &str) -> Option<LinkState> {
         *dst = *src as libc::c_char;
     }
     // SAFETY: fd is a socket, req a valid ifreq carrying a NUL-terminated name.
-    let flags = if unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) } == 0 {
+    let flags = if unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req) } == 0 {
         // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
         unsafe { req.ifr_ifru.ifru_flags as i32 }
     } else {
         0
     };
     // SAFETY: as above; SIOCGIFMTU fills the mtu member.
-    let mtu = if unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) } == 0 {
+    let mtu = if unsafe { libc::ioctl(fd, libc::SIOCGIFMTU as _, &mut req) } == 0 {
         unsafe { req.ifr_ifru.ifru_mtu as u32 }
     } else {
         0
@@ -102,7 +102,7 @@ pub fn driver(name: &str) -> Option<String> {
     if fd < 0 {
         return None;
     }
-    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL, &mut req) };
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req) };
     unsafe { libc::close(fd) };
     if rc != 0 {
         return None;

@@ -336,6 +336,7 @@ async function main() {
       } finally {
         const left = await iperf.stopServer(iperfServer)
         iperfServer = null
+        // eslint-disable-next-line no-unsafe-finally -- a leftover iperf3 server must fail the bench
         if (left.length) throw new Error(`iperf3 server still running after its stop: ${left.join(', ')}`)
       }
     }

@@ -195,7 +195,7 @@ async function up({ nclients = 2, prefix, clientIfnames = [], reapStale = true }
     spawnNode: (cmd, args, opts) => spawnIn(info.nodeNs, cmd, args, opts),
 
     /**
-     * A TunnelConfig (DESIGN.md) for client i, routing `allowedIps` (default: the tunnel
+     * A TunnelConfig (index.d.ts) for client i, routing `allowedIps` (default: the tunnel
      * subnet and the "internet" host) through the node.
      */
     tunnelConfig(i = 0, { allowedIps = ['10.8.0.0/24', `${info.httpTunnelHost}/32`], ...rest } = {}) {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# blue-wireguard network-namespace testbed (see docs/DESIGN.md, "The testbed").
+# blue-wireguard network-namespace testbed (see testbed/README.md).
 #
 #   testbed.sh up <prefix> [nclients]   create <prefix>-node / <prefix>-cli, print ONE JSON object
 #   testbed.sh down <prefix>            remove everything of that testbed; idempotent, never fails

@@ -400,6 +400,7 @@ async function throughputRun(i, t) {
     return r
   } finally {
     const rep = await wg.disconnect(info.name)
+    // eslint-disable-next-line no-unsafe-finally -- a tunnel left up must fail the run
     if (!rep || !rep.gone) throw new Error(`throughput run ${i}: disconnect did not finish: ${JSON.stringify(rep)}`)
     await settle(`throughput run ${i}`, info.name, [wg.configDir()])
   }
