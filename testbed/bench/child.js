@@ -529,6 +529,7 @@ async function proxyRun(i, c) {
     const p = await wg.openProxy(cfg)
     r.openMs = ms(t0)
     r.handshakeMs = p.handshakeMs
+    let closed
     try {
       t0 = now()
       const first = await download(plan.url, p.httpProxy)
@@ -537,8 +538,9 @@ async function proxyRun(i, c) {
       r.proxy = await download(big, p.httpProxy)
       if (r.proxy.bytes !== c.bytes) throw new Error(`proxy run ${i}: ${r.proxy.bytes} of ${c.bytes} bytes`)
     } finally {
-      if (!p.close()) throw new Error(`proxy run ${i}: close() said it was closed already`)
+      closed = p.close()
     }
+    if (!closed) throw new Error(`proxy run ${i}: close() said it was closed already`)
   }
   const viaTun = async () => {
     const info = await wg.connect(cfg)
