@@ -174,3 +174,18 @@ test('backend selection: options.backend is validated; kernel without the module
   assert.equal(out.availability.backends[0], 'embedded')
   await assertClean(tb, `${tb.prefix}s`, tmp, original)
 })
+
+test('wg-quick with WG_QUICK_USERSPACE_IMPLEMENTATION naming a missing file: WG_NOT_AVAILABLE that names the variable, nothing run', { skip: kernelModuleMissing() ? false : 'this kernel has the WireGuard module: wg-quick needs no userspace implementation' }, async (t) => {
+  const tmp = tmpdir(t)
+  const name = `${tb.prefix}u`
+  const js = `
+    const wg = require(${JSON.stringify(path.join(__dirname, '..'))})
+    wg.connect(${JSON.stringify(tb.tunnelConfig(0, { name }))}, { backend: 'wg-quick' })
+      .then((i) => process.stdout.write(JSON.stringify({ ok: i.backend })), (e) => process.stdout.write(JSON.stringify({ code: e.code, message: e.message })))`
+  const r = await tb.execCli(process.execPath, ['-e', js], { env: { TMPDIR: tmp, WG_QUICK_USERSPACE_IMPLEMENTATION: '/nonexistent/wireguard-go' } })
+  assert.equal(r.code, 0, r.stderr)
+  const out = JSON.parse(r.stdout)
+  assert.equal(out.code, 'WG_NOT_AVAILABLE', JSON.stringify(out))
+  assert.match(out.message, /WG_QUICK_USERSPACE_IMPLEMENTATION="\/nonexistent\/wireguard-go" is not a file/)
+  await assertClean(tb, name, tmp, original)
+})

@@ -2,7 +2,7 @@
 // blue-wireguard/compat: the exports of the Sentinel SDK's wireguard.js, on top of the
 // addon, so the SDK can swap its module for ours with one line:
 //   export * from 'blue-wireguard/compat'
-// See ../../shared/docs/SDK-CONTRACT.md (in the project) for the behaviour each export keeps.
+// The README's 'Using it from the Sentinel SDK' says what each export keeps and what changed.
 const path = require('node:path')
 
 let wg = null

@@ -839,11 +839,15 @@ pub fn status(env: Env, name: Option<Unknown>) -> Result<TunnelStatus> {
         mtu: s.mtu,
         index: s.index,
         managed: s.managed,
-        uptime_ms: s.uptime_ms,
+        uptime_ms: s.uptime_ms.map(round_ms),
         full_tunnel: s.full_tunnel,
         backend: s.backend,
         healthy: s.healthy,
-        last_handshake_ago_ms: s.stats.as_ref().and_then(|x| x.last_handshake_ms),
+        last_handshake_ago_ms: s
+            .stats
+            .as_ref()
+            .and_then(|x| x.last_handshake_ms)
+            .map(round_ms),
         rx_bytes: s.stats.as_ref().map(|x| x.rx_bytes as f64),
         tx_bytes: s.stats.as_ref().map(|x| x.tx_bytes as f64),
         endpoint: s.stats.and_then(|x| x.endpoint),
@@ -992,11 +996,11 @@ impl RootlessProxy {
     }
     #[napi(getter)]
     pub fn handshake_ms(&self) -> f64 {
-        (self.inner.handshake_ms * 100.0).round() / 100.0
+        round_ms(self.inner.handshake_ms)
     }
     #[napi(getter)]
     pub fn open_ms(&self) -> f64 {
-        (self.inner.open_ms * 100.0).round() / 100.0
+        round_ms(self.inner.open_ms)
     }
     /// Counters of the node; throws `WG_NOT_CONNECTED` once closed.
     #[napi]
@@ -1005,7 +1009,7 @@ impl RootlessProxy {
         let reject = crate::handshake::REJECT_AFTER.as_secs_f64() * 1000.0;
         Ok(ProxyStats {
             healthy: s.last_handshake_ms.is_some_and(|ms| ms < reject),
-            last_handshake_ago_ms: s.last_handshake_ms,
+            last_handshake_ago_ms: s.last_handshake_ms.map(round_ms),
             rx_bytes: s.rx_bytes as f64,
             tx_bytes: s.tx_bytes as f64,
             endpoint: s.endpoint,

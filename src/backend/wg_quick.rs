@@ -83,6 +83,16 @@ pub fn unavailable_reason() -> Option<String> {
         return None;
     }
     if userspace_impl().is_none() {
+        // A variable that names nothing usable is the caller's mistake: say so, not "install".
+        if let Some(v) = std::env::var("WG_QUICK_USERSPACE_IMPLEMENTATION")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            return Some(format!(
+                "WG_QUICK_USERSPACE_IMPLEMENTATION={v:?} is not a file or a program on PATH \
+                 (and the kernel has no WireGuard module)"
+            ));
+        }
         return Some(
             "the kernel has no WireGuard module and no userspace implementation is installed \
              (apt-get install wireguard-go, or set WG_QUICK_USERSPACE_IMPLEMENTATION)"
