@@ -251,15 +251,25 @@ test('a client that half-closes after its request still gets the whole answer (2
   assert.equal(h.hadError, false)
 })
 
-test('close() during a transfer: the client sees its connection reset, not a clean end, and the port is closed', { skip }, async (t) => {
-  const size = 48 << 20
-  const r = run(t, { config: config(), steps: [{ op: 'cut', host: tb.httpTunnelHost, port: 8080, path: `/bytes/${size}`, afterBytes: 1 << 20 }] })
+test('close() during a transfer: the client (curl, another process) is told the transfer was cut, never that it succeeded; the port is closed', { skip: skip || (!onPath('curl') && 'curl is not installed') }, async (t) => {
+  const r = run(t, { config: config(), steps: [{ op: 'hold' }] })
+  const held = await r.a.next('holding')
+  // 48 MiB at 4 MB/s through CONNECT (--proxytunnel): still running when the proxy closes.
+  const curl = tb.spawnCli('setpriv', [...AS_NOBODY.slice(1), 'curl', '-sS', '-o', '/dev/null', '--max-time', '30', '--limit-rate', '4M',
+    '--proxytunnel', '--proxy', held.httpProxy, `http://${tb.httpTunnelHost}:8080/bytes/${48 << 20}`], { stdio: ['ignore', 'ignore', 'pipe'] })
+  t.after(() => curl.kill('SIGKILL'))
+  let stderr = ''
+  curl.stderr.setEncoding('utf8').on('data', (d) => (stderr += d))
+  const ended = new Promise((resolve) => curl.on('exit', (code) => resolve(code)))
+  await new Promise((res) => setTimeout(res, 700))
+  r.a.child.kill('SIGUSR2') // the agent closes the proxy
+  const code = await ended
+  // The proxy resets the connection (never a FIN). curl reports the cut transfer either as
+  // the reset (56) or, when the reset finds unread data in its socket, which Linux then ends
+  // as end-of-stream, as a partial transfer (18): never as a success.
+  assert.ok(code === 56 || code === 18, `curl exited ${code}: ${stderr}`)
+  assert.match(stderr, /reset|bytes remaining/i)
   assert.equal((await r.exited).status, 0, r.a.stderr())
-  const [c] = r.ev('cut')
-  assert.ok(c.closedAt >= 1 << 20, JSON.stringify(c))
-  assert.ok(c.received < size, `the whole answer arrived after close(): ${JSON.stringify(c)}`)
-  assert.equal(c.error, 'ECONNRESET', `a cut answer must not end cleanly: ${JSON.stringify(c)}`)
-  const [closed] = r.ev('closed')
-  assert.equal(closed.first, false, 'close() in the step was the first')
+  assert.equal(r.ev('closed')[0].first, true)
   assert.equal(r.ev('after-close')[0].refused, true)
 })

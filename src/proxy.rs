@@ -223,7 +223,7 @@ impl Proxy {
         crate::backend::embedded::peer_stats(&self.runtime, dev, &self.peer)
     }
 
-    /// Stop listening, end every connection (the clients see a reset), stop the device; it
+    /// Stop listening, reset every connection, stop the device; it
     /// returns once they are over (bounded). Idempotent; true the first time.
     pub fn close(&self) -> bool {
         let _ = self.shutdown.send(true);
@@ -424,7 +424,8 @@ async fn serve(
 
 /// Copy bytes both ways until both sides are done. `head` goes to the tunnel first. A far end
 /// that ended without its FIN (reset, timeout, the proxy closed) ends the client's connection
-/// with a reset too, so a cut answer is never taken for a whole one.
+/// with a reset too, never a FIN (a client with unread data may still see the reset as an end
+/// of stream: Linux does that; length-delimited answers are how it tells).
 async fn pump(
     mut client: TcpStream,
     conn: TcpConn,
