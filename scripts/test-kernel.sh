@@ -133,10 +133,13 @@ guest="cd $(printf '%q' "$REPO") && export PATH=$(printf '%q' "$path") && script
 echo "test-kernel: booting ${img} (TCG, ${BLUE_WG_VM_CPUS:-2} vCPUs, ${BLUE_WG_VM_MEMORY:-2G})" >&2
 t0=$(date +%s)
 set +e
+# Through a pipe, stdout and stderr alike: qemu opens the guest's output anew by path
+# (virtme's `-chardev file,path=/proc/self/fd/1` and `/2`, truncating), which on a file our
+# caller redirected to (CI's log) started at offset 0 and wrote over everything logged before.
 timeout -k 10 "${BLUE_WG_VM_TIMEOUT:-1500}" vng --run "$img" --disable-kvm \
   --cpus "${BLUE_WG_VM_CPUS:-2}" --memory "${BLUE_WG_VM_MEMORY:-2G}" \
-  --rwdir "$REPO" --overlay-rwdir /etc --exec "$guest" </dev/null
-rc=$?
+  --rwdir "$REPO" --overlay-rwdir /etc --exec "$guest" </dev/null 2>&1 | cat
+rc=${PIPESTATUS[0]}
 set -e
 echo "test-kernel: boot + $mode took $(( $(date +%s) - t0 )) s in all (exit $rc)" >&2
 exit $rc

@@ -44,6 +44,8 @@ const PORTS: u16 = 16384;
 /// when nothing at all is acknowledged for `TCP_TIMEOUT` (a dead node, a vanished host).
 const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 const TCP_TIMEOUT: Duration = Duration::from_secs(90);
+/// While a connect or a query waits, its bound is checked at least this often.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Egress rounds per wake-up: smoltcp sends one segment per socket per round.
 const EGRESS_ROUNDS: usize = 256;
 
@@ -495,22 +497,33 @@ impl Runner {
                 continue;
             }
 
-            let delay = iface
+            // smoltcp's next timer; our own bounds (a connect's, a query's) are checked at
+            // least every 250 ms while one is pending. An idle stack sleeps until something
+            // arrives: no periodic wake-ups.
+            let pending = flows.iter().any(|f| f.reply.is_some()) || !queries.is_empty();
+            let mut delay = iface
                 .poll_delay(now(), &sockets)
-                .map(|d| Duration::from_micros(d.total_micros()))
-                .unwrap_or(Duration::from_millis(250))
-                .min(Duration::from_millis(250));
-            if delay.is_zero() {
+                .map(|d| Duration::from_micros(d.total_micros()));
+            if pending {
+                delay = Some(delay.map_or(CHECK_EVERY, |d| d.min(CHECK_EVERY)));
+            }
+            if delay.is_some_and(|d| d.is_zero()) {
                 tokio::task::yield_now().await;
                 continue;
             }
+            let timer = async {
+                match delay {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 p = self.packets_in.recv() => match p {
                     Some(p) => dev.rx.push_back(p),
                     None => return,
                 },
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(delay) => {}
+                _ = timer => {}
             }
         }
     }
