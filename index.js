@@ -131,13 +131,14 @@ function watch(name, listener, { intervalMs = 1000, noReplyMs = NO_REPLY_MS } = 
   return stop
 }
 
+const openProxies = new Set() // held until close(): a caller may keep only the URLs
+
 /**
  * Rootless mode (see index.d.ts): the native proxy, with its URLs. The credentials are
  * random per proxy; they are in the URLs because every client needs them. The proxy is held
  * here until close(), so keeping only the URLs does not let the garbage collector stop it;
  * it does not keep the event loop alive.
  */
-const openProxies = new Set() // held until close(): a caller may keep only the URLs
 async function openProxy(config, options) {
   const p = await module.exports.openProxyNative(config, options)
   openProxies.add(p)

@@ -90,13 +90,6 @@ pub struct TcpConn {
     pub(crate) wake: Arc<Notify>,
 }
 
-impl TcpConn {
-    /// Tell the stack a channel changed (data queued, or room made).
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-}
-
 enum Request {
     Connect {
         dst: SocketAddr,
